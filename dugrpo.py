@@ -1,0 +1,246 @@
+"""dugrpo.py -- the pure tensor math of INFUSER's policy updates.
+
+What is here (spec = ../shared/spec/INFUSER.md, numbered as in the README):
+  * group_advantages     spec §6 / README eq. (1)-(3): GRPO-family advantages per group of rollouts.
+        "none"       A = R - mu_g                                   Dr.GRPO (the solver, spec §3.5)
+        "group_std"  A = (R - mu_g) / (sigma_g + eps)               GRPO (generator ablation)
+        "batch_std"  A = (R - mu_g) / (std_u(R - mu) + eps)         generator ablation
+        "hybrid_std" A = (R - mu_g) / (sigma_g + mean_{sigma>0} sigma + eps)   DuGRPO (the generator)
+     sigma = unbiased (n-1) std; a group of one rollout gets mu = 0, sigma = 1 (as verl does).
+  * varying_groups       spec §3.4 / §5.2: the explicit zero-variance filter (kept separate from the
+                         advantage on purpose: callers decide where rows are dropped).
+  * token_logprobs       log p(input_ids[n,t] | input_ids[n,<t]) of logits / temperature, computed
+                         chunk by chunk so that no second [N, T, V] float tensor is ever allocated in
+                         the forward pass (the backward allocates exactly one: the gradient of the logits).
+  * tis_weights          spec §3.6: token-level truncated importance weights min(pi_old / pi_sampler, cap).
+  * policy_loss          spec §3.6: PPO clipped surrogate with dual clip, times the detached TIS weight,
+                         summed over response tokens and divided by a *given* global normaliser
+                         (token_mean_normaliser: configured minibatch size x batch-mean response length).
+
+What is deliberately not here: KL penalties and entropy bonuses (the paper uses neither, spec §3.6),
+sequence-level importance sampling and rejection sampling (off in every recipe), advantage clipping
+(none anywhere). No model code, no I/O, no process group: every function takes tensors (or, for
+token_logprobs, a callable that returns logits) and returns tensors.
+
+Shapes: N rollouts, T tokens, V vocabulary, K groups.
+"""
+from __future__ import annotations
+
+import torch
+
+ADVANTAGE_MODES = ("none", "group_std", "batch_std", "hybrid_std")
+
+
+# ----------------------------------------------------------------------------------------------
+# Group statistics and advantages (spec §6)
+
+def _groups(group_ids: torch.Tensor):
+    """Map arbitrary (non-contiguous) group ids to 0..K-1. Returns (inverse [N], counts [K])."""
+    _, inverse, counts = torch.unique(group_ids, sorted=True, return_inverse=True, return_counts=True)
+    return inverse, counts
+
+
+def group_mean_std(rewards: torch.Tensor, group_ids: torch.Tensor):
+    """Per-group mean and unbiased std, broadcast back to rollouts.
+
+    rewards [N] float, group_ids [N] int (any values, any order).
+    Returns mu [N], sigma [N], sigma_per_group [K]. Groups of size 1 get mu = 0, sigma = 1 (verl's rule).
+    """
+    inverse, counts = _groups(group_ids)                                  # [N], [K]
+    k = counts.numel()
+    r = rewards
+    sums = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, r)
+    cnt = counts.to(r.dtype)
+    mean = sums / cnt                                                     # [K]
+    dev = r - mean[inverse]                                               # [N]
+    ss = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, dev * dev)
+    std = torch.sqrt(ss / (cnt - 1).clamp(min=1))                          # [K] unbiased
+    single = counts == 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(std), std)
+    return mean[inverse], std[inverse], std
+
+
+def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, mode: str,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Advantage per rollout, centred on its group mean, then divided according to `mode`.
+
+    rewards [N], group_ids [N] -> advantages [N] (same dtype as rewards). Order: centre, then divide.
+    "hybrid_std" (DuGRPO): the batch term is the mean of the *positive* group stds of this batch, so a
+    group whose rewards barely differ is not blown up to unit scale (its denominator is >= sigma_bar),
+    while a widely spread group is still damped by its own sigma_g.
+    """
+    if mode not in ADVANTAGE_MODES:
+        raise ValueError(f"unknown advantage mode {mode!r}; choose one of {ADVANTAGE_MODES}")
+    if rewards.numel() == 0:
+        return rewards.clone()
+    mu, sigma, sigma_groups = group_mean_std(rewards, group_ids)          # [N], [N], [K]
+    centred = rewards - mu                                                # [N]
+    if mode == "none":
+        return centred
+    if mode == "group_std":
+        return centred / (sigma + eps)
+    if mode == "batch_std":
+        # std_u of all centred rewards in the batch; one rollout alone has no spread (0, not NaN)
+        batch_sigma = centred.std() if centred.numel() > 1 else centred.new_zeros(())
+        return centred / (batch_sigma + eps)
+    positive = sigma_groups[sigma_groups > 0]                             # [K'] groups with spread
+    sigma_bar = positive.mean() if positive.numel() > 0 else sigma_groups.new_zeros(())
+    return centred / (sigma + sigma_bar + eps)
+
+
+def varying_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 1e-12) -> torch.Tensor:
+    """Keep-mask [N] (bool): True for rollouts whose group's rewards are not all equal.
+
+    Spec §3.4 drops solver groups with population variance 0, §5.2 drops documents whose population
+    std is <= 1e-12. Both are this test: the population std, in float64 so that eight equal float32
+    rewards (whose float32 mean may round) count as constant.
+    """
+    if rewards.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=rewards.device)
+    inverse, counts = _groups(group_ids)
+    r = rewards.double()
+    k = counts.numel()
+    mean = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, r) / counts
+    dev = r - mean[inverse]
+    var = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, dev * dev) / counts
+    return (var.sqrt() > tol)[inverse]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probs at a temperature
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 24   # floats per temporary chunk (64 MB in fp32)
+
+
+class _TemperedLogprob(torch.autograd.Function):
+    """log_softmax(logits / temperature).gather(targets), row chunk by row chunk.
+
+    Forward keeps only the logits the model already produced plus an [M] log-sum-exp; backward writes
+    d logits = (onehot(target) - softmax(logits / T)) * g / T into one preallocated tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, chunk_rows):
+        # logits [M, V] (any float dtype, contiguous), targets [M] long
+        m = logits.shape[0]
+        out = torch.empty(m, dtype=torch.float32, device=logits.device)   # [M]
+        lse = torch.empty(m, dtype=torch.float32, device=logits.device)   # [M]
+        for i in range(0, m, chunk_rows):
+            x = logits[i:i + chunk_rows].float() / temperature            # [c, V] the only temporary
+            lse[i:i + chunk_rows] = torch.logsumexp(x, dim=-1)
+            out[i:i + chunk_rows] = x.gather(-1, targets[i:i + chunk_rows, None]).squeeze(-1) - lse[i:i + chunk_rows]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets, lse = ctx.saved_tensors
+        t, c = ctx.temperature, ctx.chunk_rows
+        grad = torch.empty_like(logits)                                   # [M, V] the one big tensor
+        for i in range(0, logits.shape[0], c):
+            g = grad_out[i:i + c, None].float()                           # [c, 1]
+            p = torch.exp(logits[i:i + c].float() / t - lse[i:i + c, None])  # softmax [c, V]
+            d = -p * g
+            d.scatter_add_(-1, targets[i:i + c, None], g)
+            grad[i:i + c] = d / t
+        return grad, None, None, None
+
+
+def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
+                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Aligned per-token log-probs from next-token logits.
+
+    logits [N, T, V] where logits[n, t] predicts token t+1; input_ids [N, T].
+    Returns lp [N, T] float32 with lp[n, t] = log p_T(input_ids[n, t] | input_ids[n, <t]) and lp[:, 0] = 0
+    (the DESIGN.md convention). Log-probs are of the temperature-scaled distribution, which is what the
+    sampler reports ("processed" log-probs), so that pi_old / pi_sampler compares like with like.
+    """
+    n, t, v = logits.shape
+    # targets for position t are the next tokens; the last position has no target (its value is unused)
+    nxt = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)          # [N, T]
+    rows = max(1, chunk_elements // max(v, 1))
+    lp_next = _TemperedLogprob.apply(logits.reshape(n * t, v), nxt.reshape(-1), float(temperature), rows)
+    lp_next = lp_next.view(n, t)                                          # lp of token t+1 at position t
+    return torch.cat([lp_next.new_zeros(n, 1), lp_next[:, :-1]], dim=1)  # [N, T] aligned
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
+                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Run `model` (any callable returning `.logits` [N, T, V]) and return aligned log-probs [N, T].
+
+    Rows are right-padded, so default position ids (0, 1, ...) are right for every real token.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return logprobs_from_logits(logits, input_ids, temperature, chunk_elements)
+
+
+# ----------------------------------------------------------------------------------------------
+# The clipped surrogate with truncated importance sampling (spec §3.6)
+
+def tis_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor | None,
+                cap: float = 2.0) -> torch.Tensor:
+    """Token-level truncated importance weights w = min(exp(clamp(old - sampler, -20, 20)), cap), detached.
+
+    old_logprobs [N, T]: the training model's log-probs recomputed before the update; sampler_logprobs
+    [N, T] or None (None: the trainer sampled itself, w = 1). The clamp keeps exp finite in fp32.
+    Only upper truncation: no rejection and no renormalisation (spec §3.6).
+    """
+    if sampler_logprobs is None:
+        return torch.ones_like(old_logprobs)
+    raw = torch.exp(torch.clamp(old_logprobs.detach() - sampler_logprobs, -20.0, 20.0))
+    return torch.clamp(raw, max=cap)
+
+
+def token_mean_normaliser(response_mask: torch.Tensor, minibatch_size: int) -> float:
+    """The global token-mean normaliser B * L_bar (spec §3.6): B = configured minibatch size in
+    responses, L_bar = mean response length over the whole update batch (response_mask [N, T]).
+    Constant within an update, so a partial last minibatch gets proportionally less weight."""
+    mean_len = response_mask.sum().item() / max(response_mask.shape[0], 1)
+    return float(minibatch_size) * max(mean_len, 1.0)
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                response_mask: torch.Tensor, normaliser: float, *,
+                sampler_logprobs: torch.Tensor | None = None, tis_cap: float = 2.0,
+                clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 3.0):
+    """PPO clipped surrogate with dual clip, times truncated IS weights, over a global normaliser.
+
+    logprobs [N, T] (with grad), old_logprobs [N, T], advantages [N], response_mask [N, T],
+    sampler_logprobs [N, T] or None, normaliser = token_mean_normaliser(...) of the whole update.
+      rho_t = exp(clamp(lp - lp_old, -20, 20))
+      L_t   = max(-A rho_t, -A clip(rho_t, 1 - clip_low, 1 + clip_high));  if A < 0: L_t = min(L_t, c |A|)
+      loss  = sum_{n,t} mask * w_t * L_t / normaliser,   w_t = tis_weights(lp_old, lp_sampler)
+    Returns (loss, stats) where stats holds detached scalars: clip_frac, dual_clip_frac, tis_mean,
+    tis_max, tis_truncated_frac, approx_kl (mean of lp_old - lp over response tokens), ratio_mean.
+    """
+    mask = response_mask.to(logprobs.dtype)                               # [N, T]
+    adv = advantages.to(logprobs.dtype)[:, None]                          # [N, 1]
+    log_ratio = torch.clamp(logprobs - old_logprobs, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)                                          # [N, T]
+    loss1 = -adv * ratio
+    loss2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped = torch.maximum(loss1, loss2)
+    loss3 = -adv * dual_clip                                              # = c|A| where A < 0
+    dual = torch.minimum(loss3, clipped)
+    per_token = torch.where(adv < 0, dual, clipped)                       # [N, T]
+    w = tis_weights(old_logprobs, sampler_logprobs, tis_cap)              # [N, T] detached
+    loss = (per_token * w * mask).sum() / normaliser
+
+    with torch.no_grad():
+        ntok = mask.sum().clamp(min=1)
+        mmean = lambda x: (x * mask).sum() / ntok
+        raw = (torch.exp(torch.clamp(old_logprobs - sampler_logprobs, -20.0, 20.0))
+               if sampler_logprobs is not None else torch.ones_like(w))
+        on = mask > 0
+        stats = {
+            "clip_frac": mmean((loss2 > loss1).to(mask.dtype)),
+            "dual_clip_frac": mmean(((adv < 0) & (loss3 < clipped)).to(mask.dtype)),
+            "tis_mean": mmean(w),
+            "tis_max": w[on].max() if on.any() else w.new_zeros(()),
+            "tis_truncated_frac": mmean((raw > tis_cap).to(mask.dtype)),
+            "approx_kl": mmean(old_logprobs - logprobs),
+            "ratio_mean": mmean(ratio),
+        }
+    return loss, stats
