@@ -105,7 +105,7 @@ def solver_messages(question: str, choices: list[str] | None = None) -> list[dic
 # 2. Answer extraction (spec §3.2)
 
 _BOXED = re.compile(r"\\boxed\s*\{", re.IGNORECASE)
-_WRAPPER = re.compile(r"^\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|operatorname)\s*\{(.+)\}$",
+_WRAPPER = re.compile(r"^(?:\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|operatorname)\s*)?\{(.+)\}$",
                       re.DOTALL)
 
 
@@ -132,7 +132,8 @@ def extract_boxed(text: str | None, last: bool = True) -> str | None:
 
 
 def strip_wrappers(s: str) -> str:
-    """Peel whole-string wrappers such as \\text{...}, \\textbf{...}, \\mathrm{...} (repeatedly)."""
+    """Peel whole-string wrappers such as \\text{...}, \\textbf{...}, \\mathrm{...} and bare {...} groups
+    (repeatedly)."""
     s = s.strip()
     while (m := _WRAPPER.match(s)) and _balanced(m.group(1)):
         s = m.group(1).strip()

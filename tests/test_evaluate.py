@@ -1,0 +1,410 @@
+"""Tests for evaluate.py: grading against the shared answer-equivalence cases, multiple-choice extraction,
+the process-based timeout, the benchmark loaders on the shared data files, the evaluation loop with a
+fake engine, and the JSON report.
+
+The shared data lives in ../shared/data (next to the repository); tests that need it are skipped when it
+is absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import evaluate as E  # noqa: E402
+from rollout import Sample, SamplingParams  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"shared data not found at {DATA}")
+
+
+def _rows(name):
+    with open(os.path.join(DATA, name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# -----------------------------------------------------------------------------------------------------
+# The 364 answer-equivalence cases
+
+# math-verify returns False when one side yields nothing to compare; our wrapper says None ("cannot
+# decide") there. These are the rows where that happens (math-verify expects False for all three).
+MV_UNDECIDED = {
+    "math-verify-18",  # pred 'AZYUK2A': no number, no LaTeX with the 'expr' target only
+    "math-verify-31",  # pred 'Answer $ \n 9 \n $': a $...$ spanning lines is not extracted
+    "math-verify-32",  # pred 'Answer \( \n 9 \n \)': same for \(...\)
+}
+
+# INFUSER (predicted, ground truth) rows and OlympiadBench AutoScoringJudge rows that we decide
+# differently, with the reason. Everything not listed here must agree exactly (True / False / None).
+DECIDED_DIFFERENTLY = {
+    "infuser-285": "BBEH's own normaliser drops a trailing '?'; there is no BBEH grader here and "
+                   "math-verify reads 'unknown?' and 'unknown' as different",
+    "infuser-300": "'abc' vs '42' in INFUSER's numeric-only judge abstains (None); our single verifier "
+                   "reads abc as a product of symbols, which is a wrong answer (False)",
+    "infuser-302": "INFUSER's numeric judge accepts 0.00001 == 0 within its tolerance; math-verify rounds "
+                   "to 6 decimals and 1e-5 != 0 there",
+    "infuser-306": "INFUSER's interval-only judge abstains on '42' vs '42' (not intervals); the answer is "
+                   "equal and we say so (True)",
+    "olympiadbench-333": "the key 'I_{\\max }=...' does not parse in math-verify 0.8.0 (\\max in a "
+                         "subscript), so it stays a string and cannot equal the prediction",
+    "olympiadbench-351": "k_B vs k_{\\mathrm{B}} and T_s vs T_{\\mathrm{s}} are different symbols to "
+                         "math-verify",
+    "olympiadbench-356": "OlympiadBench passes an absolute tolerance 1e-4; math-verify compares at 6 "
+                         "decimals (0.6054 vs cos^10(pi/10) = 0.605429...)",
+    "olympiadbench-359": "OlympiadBench tolerance 1e34 accepts 7.1e35 for 7e35; we have no per-question "
+                         "tolerance (the same pair with tolerance 1e33, row 360, is False for both)",
+    "olympiadbench-361": "per-element tolerances [1e34, 1e-3] (and pairs matched in any order); not "
+                         "supported",
+    "olympiadbench-362": "tolerance 1e-3 accepts 0.002 for 0.003; not supported",
+    "olympiadbench-363": "10^{10} vs 10^{10^{10^{10}}}: sympy does not finish within the timeout, so we "
+                         "return None (undecided) where OlympiadBench says False",
+}
+
+
+@needs_data
+def test_math_verify_rows_agree_through_the_worker():
+    rows = [r for r in _rows("answer_equivalence_cases.jsonl") if r["source"] == "math-verify"]
+    assert len(rows) == 270
+    disagree, undecided = [], set()
+    for r in rows:
+        o = r["options"]
+        if r["harness"] == "compare_strings":
+            got = E.verify_math(r["pred"], r["gold"], match_types=tuple(o["match_types"]),
+                                float_rounding=o["precision"], strict=o["strict"],
+                                allow_set_relation_comp=o["allow_set_relation_comp"])
+        else:  # verify(parse(gold), parse(pred)) with math-verify's defaults
+            assert r["harness"] == "verify(parse(gold), parse(pred))"
+            got = E.verify_math(r["pred"], r["gold"])
+        if got is None:
+            undecided.add(r["id"])
+        if (got is True) != r["expected"]:
+            disagree.append((r["id"], r["gold"], r["pred"], r["expected"], got))
+    assert disagree == []
+    assert undecided == MV_UNDECIDED
+
+
+def _ours(r):
+    """Our comparison for an INFUSER / OlympiadBench row: whole responses through grade, extracted
+    answers through math_equal; always (prediction, reference)."""
+    if r["kind"] == "full_response":
+        g = E.grade(r["pred"], r["gold"])
+        return None if g is None else g == 1.0
+    unit = (r.get("metadata") or {}).get("unit")
+    return E.math_equal(r["pred"], r["gold"], unit=unit)
+
+
+@needs_data
+def test_infuser_and_olympiadbench_rows():
+    rows = [r for r in _rows("answer_equivalence_cases.jsonl") if r["source"] != "math-verify"]
+    assert len(rows) == 94
+    differ = {r["id"]: (r["pred"], r["gold"], r["expected"], _ours(r)) for r in rows}
+    differ = {k: v for k, v in differ.items() if v[2] != v[3]}
+    assert set(differ) == set(DECIDED_DIFFERENTLY), differ
+
+
+# -----------------------------------------------------------------------------------------------------
+# Multiple choice
+
+CH4 = ["three", "Four", "five", "six"]
+
+
+@pytest.mark.parametrize("response, letter", [
+    ("so the answer is \\boxed{B}", "B"),
+    ("\\boxed{b}", "B"),                                    # case-insensitive letter
+    ("\\boxed{\\text{C}}", "C"),                            # wrapper stripped
+    ("\\boxed{\\textbf{\\text{ d }}}", "D"),                # nested wrappers
+    ("\\boxed{B) Four}", "B"),                              # first letter of the box
+    ("\\BOXED {A}", "A"),                                   # \boxed case-insensitive, space before {
+    ("first \\boxed{A}, on second thought \\boxed{C}", "C"),  # the last box counts
+    ("\\boxed{\\mathrm{{A}}}", "A"),                        # nested braces inside the box
+    ("\\boxed{4}", "4"),                                    # not a letter: content returned as is
+    ("no box here: B", None),
+    ("\\boxed{}", None),                                    # empty
+    ("\\boxed{A} and then \\boxed{B", None),                # last box cut off: nothing (spec §3.2)
+    ("", None),
+    (None, None),
+])
+def test_mcq_letter(response, letter):
+    assert E.mcq_letter(response) == letter
+
+
+def test_mcq_grade_and_key_forms():
+    assert E.grade("\\boxed{B}", "B", CH4) == 1.0
+    assert E.grade("\\boxed{B}", " b ", CH4) == 1.0                 # key as a lower-case letter
+    assert E.grade("\\boxed{B}", "four", CH4) == 1.0                # key as choice text, any case
+    assert E.grade("\\boxed{C}", "Four", CH4) == 0.0
+    assert E.grade("\\boxed{4}", "Four", CH4) == 0.0                # boxed a number: wrong, not missing
+    assert E.grade("The answer is B.", "B", CH4) is None            # nothing boxed
+    assert E.key_letter("D", ["x", "y", "D"]) == "C"                # 'D' is no letter for 3 choices
+    assert E.key_letter("a", ["b", "a"]) == "A"                     # a valid letter wins over text
+    assert E.key_letter("seven", CH4) is None
+    with pytest.raises(ValueError, match="neither a letter"):
+        E.grade("\\boxed{A}", "seven", CH4)
+
+
+def test_mcq_never_touches_the_math_worker(monkeypatch):
+    def boom():
+        raise AssertionError("the MCQ path asked for a math worker")
+    monkeypatch.setattr(E, "_get_pool", boom)
+    assert E.grade("\\boxed{A}", "A", ["1", "2"]) == 1.0
+    assert E.grade("\\boxed{12}", "A", ["1", "2"]) == 0.0
+
+
+def test_argument_order_is_prediction_then_reference():
+    from math_verify import parse, verify
+    # math-verify is not symmetric: a relation as the key accepts an interval as the answer, not the
+    # reverse. Check the library directly (in this process, main thread), then our order against it.
+    gold, pred = parse("$x > 1$"), parse("$(1, \\infty)$")
+    assert verify(gold, pred) is True and verify(pred, gold) is False
+    assert E.grade("so \\boxed{(1, \\infty)}", "x > 1") == 1.0
+    assert E.grade("so \\boxed{x > 1}", "(1, \\infty)") == 0.0
+    assert E.math_equal("(1, \\infty)", "x > 1") is True
+    assert E.verify_math("$(1, \\infty)$", "$x > 1$") is True
+    # MCQ: the response is the first argument
+    assert E.grade("\\boxed{A}", "B", CH4) == 0.0
+    with pytest.raises(ValueError):
+        E.grade("B", "\\boxed{A}", CH4)
+
+
+# -----------------------------------------------------------------------------------------------------
+# Free-form math
+
+def test_free_form_extraction():
+    assert E.extract_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
+    assert E.extract_boxed("\\boxed{1} \\boxed{2}", last=False) == "1"
+    assert E.grade("\\boxed{\\frac{1}{2}}", "0.5") == 1.0
+    assert E.grade("\\boxed{3} and finally \\boxed{4}", "3") == 0.0      # the last box counts
+    assert E.grade("\\boxed{3} and then \\boxed{\\frac{1}{", "3") == 1.0  # last cut off: the first
+    assert E.grade("\\boxed{3} and then \\boxed{ }", "3") == 1.0          # last empty: the first
+    assert E.grade("the answer is 3", "3") is None                       # nothing boxed
+    assert E.grade("\\boxed{\\text{ 18 }}", "18") == 1.0
+    assert E.grade("\\boxed{42\\text{ km}}", "42", unit="km") == 1.0
+    assert E.math_equal("   ", "42") is None
+    with pytest.raises(TypeError):
+        E.grade(["\\boxed{1}"], "1")
+
+
+@needs_data
+def test_math500_reference_solutions_grade_correct():
+    """An independent reference: every MATH-500 solution boxes its answer, so grading the solution against
+    its own answer must give 1.0, and against the next problem's answer (almost always) 0.0."""
+    rows = _rows("math500_test.jsonl")
+    sols, answers = [r["solution"] for r in rows], [r["answer"] for r in rows]
+    assert E.grade_many(sols, answers) == [1.0] * 500
+    shifted = E.grade_many(sols, answers[1:] + answers[:1])
+    hits = {(answers[(i + 1) % 500], E.extract_boxed(sols[i])) for i, g in enumerate(shifted) if g == 1.0}
+    assert None not in shifted
+    assert hits == {("x=5", "5"), ("7", "7"), ("3", "3")}  # equal values, legitimately correct
+
+
+# -----------------------------------------------------------------------------------------------------
+# Timeout, threads
+
+def test_pathological_input_times_out_and_the_worker_recovers():
+    # sympy tries to evaluate 10^(10^(10^10)); math-verify's own timers are off in the worker, so only
+    # our process kill ends it.
+    assert E.grade("\\boxed{10^{10}}", "10^{10^{10^{10}}}", timeout=1.0) is None
+    assert E.grade("\\boxed{2}", "2") == 1.0
+
+
+def test_grade_from_threads():
+    out = {}
+
+    def work(i):
+        out[i] = E.grade(f"\\boxed{{\\frac{{{2 * i}}}{{2}}}}", str(i))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}
+
+
+# -----------------------------------------------------------------------------------------------------
+# Prompts
+
+def test_solver_messages():
+    m = E.solver_messages("What is 2+2?", ["3", "4", "5"])
+    assert [x["role"] for x in m] == ["system", "user"]
+    user = m[1]["content"]
+    assert "Question: What is 2+2?\nA) 3\nB) 4\nC) 5" in user
+    assert "\\boxed{}" in user and "\\boxed{{" not in user
+    f = E.solver_messages("Compute 1+1.", None)
+    assert f[1] == {"role": "user", "content": "Compute 1+1."}   # free-form: the raw question only
+    assert "\\boxed{}" in f[0]["content"]
+    assert E.solver_messages("Q", []) == f[:1] + [{"role": "user", "content": "Q"}]
+
+
+# -----------------------------------------------------------------------------------------------------
+# Loaders
+
+@needs_data
+@pytest.mark.parametrize("name, count, kind", [
+    ("math500", 500, "math"), ("gsm8k", 1319, "math"), ("aime2024", 30, "math"), ("aime2025", 30, "math"),
+    ("olympiadbench", 675, "math"), ("mmlu_pro", 980, "mcq"), ("supergpqa", 300, "mcq")])
+def test_loaders_on_shared_files(name, count, kind):
+    items = E.load_benchmark(name, DATA)
+    assert len(items) == count
+    assert all(it.kind == kind and it.question and it.answer for it in items)
+    assert len({it.id for it in items}) == count
+    assert [it.id for it in E.load_benchmark(name, DATA, limit=3)] == [it.id for it in items[:3]]
+    if kind == "mcq":
+        rows = _rows(E.BENCHMARKS[name].file)
+        for it, r in zip(items, rows):
+            assert it.choices == r["options"]
+            assert it.choices[E.LETTERS.index(it.answer)] == r["answer_text"]
+
+
+@needs_data
+def test_loader_fields():
+    gsm = E.load_benchmark("gsm8k", DATA, limit=1)[0]
+    assert gsm.answer == "18" and gsm.choices is None
+    ob = {it.id: it for it in E.load_benchmark("olympiadbench", DATA)}
+    assert ob["1606"].answer == "2" and ob["1606"].meta["answer_type"] == "Numerical"
+    assert sum(it.meta["unit"] is not None for it in ob.values()) == 8
+    assert E.load_benchmark("aime2025", DATA, limit=1)[0].answer == "70"
+    m = E.load_benchmark("math500", DATA, limit=1)[0]
+    assert m.answer == "\\left( 3, \\frac{\\pi}{2} \\right)" and m.id == "test/precalculus/807.json"
+
+
+def test_gpqa_loader_shuffles_deterministically(tmp_path):
+    rows = [{"Record ID": f"rec{i}", "Question": f"Q{i}?", "Correct Answer": f"right{i}",
+             "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3"}
+            for i in range(20)]
+    (tmp_path / "gpqa_diamond.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = E.load_benchmark("gpqa_diamond", str(tmp_path))
+    again = E.load_benchmark("gpqa_diamond", str(tmp_path))
+    assert [it.choices for it in items] == [it.choices for it in again]
+    for i, it in enumerate(items):
+        assert sorted(it.choices) == sorted([f"right{i}", "w1", "w2", "w3"])
+        assert it.choices[E.LETTERS.index(it.answer)] == f"right{i}"
+    assert len({it.answer for it in items}) > 1          # the key is not always in the same place
+    assert E.BENCHMARKS["gpqa_diamond"].k == 5
+
+
+def test_loader_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("INFUSER_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="math500_test.jsonl.*--data-dir"):
+        E.load_benchmark("math500", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        E.load_benchmark("nope", str(tmp_path))
+    good = json.dumps({"problem": "1+1?", "answer": "2"})
+    (tmp_path / "math500_test.jsonl").write_text(good + "\n\n" + '{"problem": "x", "answer": \n')
+    with pytest.raises(ValueError, match=r"math500_test\.jsonl:3: not valid JSON"):
+        E.load_benchmark("math500", str(tmp_path))
+    (tmp_path / "math500_test.jsonl").write_text(good + "\n" + json.dumps({"problem": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"math500_test\.jsonl:2: missing field 'answer'"):
+        E.load_benchmark("math500", str(tmp_path))
+    (tmp_path / "mmlu_pro_subset.jsonl").write_text(
+        json.dumps({"question": "q", "options": ["a", "b"], "answer_letter": "E"}) + "\n")
+    with pytest.raises(ValueError, match=r"mmlu_pro_subset\.jsonl:1: bad row"):
+        E.load_benchmark("mmlu_pro", str(tmp_path))
+    monkeypatch.setenv("INFUSER_DATA_DIR", str(tmp_path))
+    (tmp_path / "math500_test.jsonl").write_text(good + "\n")
+    assert E.load_benchmark("math500")[0].answer == "2"
+
+
+# -----------------------------------------------------------------------------------------------------
+# The evaluation loop, with a fake engine
+
+class FakeEngine:
+    """Answers from a table keyed by question text; one sample list per prompt, params.n samples each."""
+
+    def __init__(self, table, interrupt_after=None):
+        self.table, self.calls, self.interrupt_after = table, 0, interrupt_after
+        self.seen = []
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise KeyboardInterrupt
+        self.seen.append((prompts, params))
+        out = []
+        for p in prompts:
+            q = p[-1]["content"]
+            key = next(k for k in self.table if k in q)
+            texts = self.table[key]
+            out.append([Sample(prompt_ids=[1, 2], response_ids=list(range(len(texts[i % len(texts)]))),
+                               text=texts[i % len(texts)], finish_reason="length" if i == 0 else "stop")
+                        for i in range(params.n)])
+        return out
+
+
+ITEMS = [E.Item("q1", "What is 1+1?", None, "2", "math"),
+         E.Item("q2", "Pick the even number.", ["3", "4"], "B", "mcq"),
+         E.Item("q3", "What is 2+3?", None, "5", "math")]
+TABLE = {"1+1": ["\\boxed{2}", "\\boxed{3}"],            # 1 of 2 correct
+         "even": ["\\boxed{A}", "no idea"],               # wrong, no answer
+         "2+3": ["\\boxed{5}", "\\boxed{5.0}"]}            # both correct
+
+
+def test_evaluate_metrics_and_report_roundtrip(tmp_path):
+    eng = FakeEngine(TABLE)
+    params = SamplingParams(n=2, temperature=0.7, top_p=0.8, top_k=20, max_new_tokens=64)
+    rep = E.evaluate(eng, ITEMS, params, batch_size=2, progress=False)
+    assert eng.calls == 2 and len(eng.seen[0][0]) == 2
+    assert eng.seen[0][0][1] == E.solver_messages("Pick the even number.", ["3", "4"])  # training prompt
+    m = rep["metrics"]
+    assert rep["k"] == 2 and not rep["interrupted"]
+    assert m["items"] == 3 and m["samples"] == 6
+    assert m["avg_at_k"] == pytest.approx(3 / 6)
+    assert m["pass_at_k"] == pytest.approx(2 / 3)
+    assert m["no_answer"] == pytest.approx(1 / 6)
+    assert m["truncated"] == pytest.approx(3 / 6)
+    lengths = [len(t) for k in ("1+1", "even", "2+3") for t in TABLE[k]]
+    assert m["mean_tokens"] == pytest.approx(sum(lengths) / 6)
+    assert [r["grades"] for r in rep["items"]] == [[1.0, 0.0], [0.0, None], [1.0, 1.0]]
+
+    report = {"settings": {"model": "fake"}, "results": {"toy": rep}}
+    path = tmp_path / "r.json"
+    E.write_report(str(path), report)
+    back = json.loads(path.read_text())
+    assert back == json.loads(json.dumps(report))
+    assert back["results"]["toy"]["items"][1]["grades"] == [0.0, None]
+    assert E.summarize(back["results"]["toy"]["items"]) == back["results"]["toy"]["metrics"]
+    assert "toy" in E.format_table(back["results"])
+
+
+def test_evaluate_keeps_what_is_done_on_ctrl_c():
+    eng = FakeEngine(TABLE, interrupt_after=1)
+    rep = E.evaluate(eng, ITEMS, SamplingParams(n=1), batch_size=2, progress=False)
+    assert rep["interrupted"] and rep["n_items"] == 3
+    assert [r["id"] for r in rep["items"]] == ["q1", "q2"]
+    assert rep["metrics"]["items"] == 2
+
+
+@needs_data
+def test_cli_end_to_end_with_fake_engine(tmp_path, monkeypatch, capsys):
+    answers = {it.question: f"\\boxed{{{it.answer}}}" for it in E.load_benchmark("gsm8k", DATA, limit=3)}
+    answers.update({it.question.strip(): f"\\boxed{{{it.answer}}}"
+                    for it in E.load_benchmark("mmlu_pro", DATA, limit=3)})
+    eng = FakeEngine({q: [a] for q, a in answers.items()})
+    monkeypatch.setattr(E, "_build_engine", lambda args: eng)
+    out = tmp_path / "res.json"
+    E.main(["--model", "fake", "--benchmark", "gsm8k,mmlu_pro", "--limit", "3", "--data-dir", DATA,
+            "--out", str(out), "--quiet"])
+    rep = json.loads(out.read_text())
+    assert set(rep["results"]) == {"gsm8k", "mmlu_pro"}
+    for name in ("gsm8k", "mmlu_pro"):
+        r = rep["results"][name]
+        assert r["metrics"]["avg_at_k"] == 1.0 and r["metrics"]["items"] == 3
+        s = r["sampling"]
+        assert (s["temperature"], s["top_p"], s["top_k"], s["n"]) == (0.7, 0.8, 20, 1)
+    v = rep["settings"]["versions"]
+    assert v["math-verify"] == "0.8.0" and v["torch"] and v["transformers"]
+    assert rep["settings"]["seed"] == 0 and rep["settings"]["model"] == "fake"
+    table = capsys.readouterr().out
+    assert "gsm8k" in table and "avg@k" in table
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        E.main(["--model", "m", "--benchmark", "nope"])
+    assert "unknown benchmark" in capsys.readouterr().err
