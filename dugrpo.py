@@ -113,6 +113,11 @@ def varying_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24   # floats per temporary chunk (64 MB in fp32)
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32 for fp32/bf16/fp16 inputs, float64 for float64 (used by the tests)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class _TemperedLogprob(torch.autograd.Function):
     """log_softmax(logits / temperature).gather(targets), row chunk by row chunk.
 
@@ -123,11 +128,11 @@ class _TemperedLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, temperature, chunk_rows):
         # logits [M, V] (any float dtype, contiguous), targets [M] long
-        m = logits.shape[0]
-        out = torch.empty(m, dtype=torch.float32, device=logits.device)   # [M]
-        lse = torch.empty(m, dtype=torch.float32, device=logits.device)   # [M]
+        m, acc = logits.shape[0], acc_dtype(logits.dtype)
+        out = torch.empty(m, dtype=acc, device=logits.device)             # [M]
+        lse = torch.empty(m, dtype=acc, device=logits.device)             # [M]
         for i in range(0, m, chunk_rows):
-            x = logits[i:i + chunk_rows].float() / temperature            # [c, V] the only temporary
+            x = logits[i:i + chunk_rows].to(acc) / temperature            # [c, V] the only temporary
             lse[i:i + chunk_rows] = torch.logsumexp(x, dim=-1)
             out[i:i + chunk_rows] = x.gather(-1, targets[i:i + chunk_rows, None]).squeeze(-1) - lse[i:i + chunk_rows]
         ctx.save_for_backward(logits, targets, lse)
@@ -140,8 +145,8 @@ class _TemperedLogprob(torch.autograd.Function):
         t, c = ctx.temperature, ctx.chunk_rows
         grad = torch.empty_like(logits)                                   # [M, V] the one big tensor
         for i in range(0, logits.shape[0], c):
-            g = grad_out[i:i + c, None].float()                           # [c, 1]
-            p = torch.exp(logits[i:i + c].float() / t - lse[i:i + c, None])  # softmax [c, V]
+            g = grad_out[i:i + c, None].to(lse.dtype)                     # [c, 1]
+            p = torch.exp(logits[i:i + c].to(lse.dtype) / t - lse[i:i + c, None])  # softmax [c, V]
             d = -p * g
             d.scatter_add_(-1, targets[i:i + c, None], g)
             grad[i:i + c] = d / t
@@ -153,7 +158,7 @@ def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperat
     """Aligned per-token log-probs from next-token logits.
 
     logits [N, T, V] where logits[n, t] predicts token t+1; input_ids [N, T].
-    Returns lp [N, T] float32 with lp[n, t] = log p_T(input_ids[n, t] | input_ids[n, <t]) and lp[:, 0] = 0
+    Returns lp [N, T] (float32; float64 for float64 logits) with lp[n, t] = log p_T(input_ids[n, t] | input_ids[n, <t]) and lp[:, 0] = 0
     (the DESIGN.md convention). Log-probs are of the temperature-scaled distribution, which is what the
     sampler reports ("processed" log-probs), so that pi_old / pi_sampler compares like with like.
     """

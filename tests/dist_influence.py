@@ -1,0 +1,48 @@
+"""Run by tests/test_influence.py under `torchrun --standalone --nproc_per_node=2` (gloo, FSDP2).
+
+Builds the same tiny solver as the single-process test, shards it with fully_shard, takes a few identical
+AdamW steps, then scores the questions of this rank's share of the rollouts. Rank 0 writes
+{group id: score} for all ranks and the parameter checksums to the JSON path given as argv[1].
+"""
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+import influence  # noqa: E402
+from influence_cases import build_case  # noqa: E402
+
+
+def main(out_path, mode, tied):
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model, opt_steps, dev, gen = build_case(tied=tied)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt_steps(model, opt)                       # identical data on every rank -> identical state
+    before = {n: p.full_tensor().clone() for n, p in model.named_parameters()}
+    mine = lambda r: r.select(torch.isin(r.group_ids, torch.unique(r.group_ids)[rank::world]))
+    d, g = mine(dev), mine(gen)
+    scores = influence.influence_scores(model, opt, d, g, mode=mode, chunk_questions=2)
+    ids = torch.unique(g.group_ids).tolist()
+    allpairs = [None] * world
+    dist.all_gather_object(allpairs, list(zip(ids, scores.tolist())))
+    unchanged = all(torch.equal(before[n], p.full_tensor()) for n, p in model.named_parameters())
+    grads_none = all(p.grad is None for p in model.parameters())
+    if rank == 0:
+        pairs = {int(k): v for part in allpairs for k, v in part}
+        with open(out_path, "w") as f:
+            json.dump({"scores": pairs, "unchanged": unchanged, "grads_none": grads_none}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3] == "tied")
