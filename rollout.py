@@ -204,7 +204,7 @@ def _resolve_source(path: str | os.PathLike, gguf_file: str | None) -> tuple[str
         return str(p), gguf_file
     s = str(path)
     # not on disk: only "name" or "org/name" can be a hub name; anything path-like is a missing path
-    if s.startswith((".", "/", "~")) or s.count("/") > 1 or s.endswith(".gguf") or os.sep in s.replace("/", ""):
+    if s.startswith((".", "/", "~")) or s.count("/") > 1 or s.endswith(".gguf") or "\\" in s:
         raise FileNotFoundError(f"model path {s!r} does not exist")
     return s, gguf_file
 
@@ -231,6 +231,8 @@ def load_tokenizer(path: str | os.PathLike, gguf_file: str | None = None):
         tok = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     except Exception as e:  # noqa: BLE001 -- one clear line instead of transformers' deep stack
         where = f"{source!r}" + (f" (gguf_file={gguf_file!r})" if gguf_file else "")
+        if not Path(source).exists():
+            where += " (not a local path; tried the hub)"
         raise ValueError(f"cannot load a tokenizer from {where}: {_one_line(e)}") from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
@@ -257,7 +259,11 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype = "float32", gg
     except Exception as e:  # noqa: BLE001
         where = f"{source!r}" + (f" (gguf_file={gguf_file!r})" if gguf_file else "")
         raise ValueError(f"cannot load a causal LM from {where}: {_one_line(e)}") from None
-    return model.to(device).eval(), tok
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ValueError(f"cannot move the model to device {str(device)!r}: {_one_line(e)}") from None
+    return model.eval(), tok
 
 
 def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:

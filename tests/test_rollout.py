@@ -311,6 +311,8 @@ def test_stop_strings_eos_and_length(model, tok):
 def test_stop_string_and_length_with_sampling(model, tok):
     eng = HFEngine(model, tok, progress=False)
     res = eng.generate(CHATS, SamplingParams(n=4, temperature=1.5, max_new_tokens=30, stop=("a",), seed=0))
+    kinds = {"eos" if s.response_ids[-1] == tok.eos_token_id else s.finish_reason for s in flat(res)}
+    assert kinds == {"eos", "stop", "length"}                  # this seed exercises all three endings
     for s in flat(res):
         text = tok.decode(s.response_ids, skip_special_tokens=True)
         if s.finish_reason == "stop" and s.response_ids[-1] != tok.eos_token_id:
