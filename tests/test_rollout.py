@@ -434,3 +434,20 @@ def test_smollm2_smoke(smollm2):
     sampler, trainer, mask = trainer_logprobs(model, flat(res), 0.7, tok.pad_token_id)
     # 30 layers, SDPA attention: cached decoding and a full forward differ by fp32 rounding only
     assert ((sampler - trainer) * mask).abs().max().item() < 1e-4
+
+
+def test_per_prompt_seeds_make_samples_independent_of_the_other_prompts():
+    """The training loop seeds each prompt from a global id, so that a prompt's samples do not depend on
+    which other prompts share the call (a run samples the same tokens on any number of ranks)."""
+    tok = byte_tokenizer()
+    model = tiny_qwen3(vocab_size=len(tok), seed=3)
+    eng = HFEngine(model, tok)
+    msgs = [[{"role": "user", "content": t}] for t in ("alpha", "a longer second prompt", "c")]
+    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=None)
+    both = eng.generate(msgs, p, seeds=[11, 22, 33])
+    alone = eng.generate(msgs[1:2], p, seeds=[22])
+    assert [s.response_ids for s in both[1]] == [s.response_ids for s in alone[0]]
+    other = eng.generate(msgs[1:2], p, seeds=[23])
+    assert [s.response_ids for s in other[0]] != [s.response_ids for s in alone[0]]
+    with pytest.raises(ValueError, match="seeds"):
+        eng.generate(msgs, p, seeds=[1])

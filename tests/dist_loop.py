@@ -1,0 +1,12 @@
+"""Run by tests/test_loop.py under torchrun (2 gloo ranks, FSDP2): the loop with the scripted engine."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+import train  # noqa: E402
+from loop_fakes import ScriptedEngine  # noqa: E402
+
+if __name__ == "__main__":
+    train.HFEngine = ScriptedEngine
+    train.main(sys.argv[1:])

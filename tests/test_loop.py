@@ -1,0 +1,135 @@
+"""The whole iteration and train.py: end to end on a tiny random Qwen3, the scripted full path, two ranks
+against one, resume against an uninterrupted run, and clear errors for bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from loop_fakes import ScriptedEngine, loop_args
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_jsonl(p):
+    return [json.loads(l) for l in Path(p).read_text().splitlines() if l.strip()]
+
+
+def test_one_iteration_random_model_counts_invalid_and_finishes(tmp_path):
+    out = train.main(loop_args(tmp_path, tmp_path / "run", ["--iterations=1", "--gen_max_new_tokens=12"]))
+    m = out["history"][0]
+    assert m["questions"] == 16 and m["valid"] == 0          # a random model writes no valid question
+    assert sum(m[f"reject_{r}"] for r in ("no_json", "bad_schema", "empty_question", "invalid_ground_truth",
+                                           "prompt_too_long")) == 16
+    assert "dev_acc" in m and m["time_total"] > 0
+    rows = read_jsonl(tmp_path / "run" / "questions.jsonl")
+    assert len(rows) == 16 and all(r["status"] != "valid" for r in rows)
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "curves.png").exists()
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    monkeypatch.setattr(train, "HFEngine", ScriptedEngine)
+
+
+def test_full_iteration_scripted(tmp_path, scripted):
+    torch.manual_seed(0)
+    out = train.main(loop_args(tmp_path, tmp_path / "run", ["--iterations=1", "--save_every=1"]))
+    m = out["history"][0]
+    rows = read_jsonl(tmp_path / "run" / "questions.jsonl")
+    valid = [r for r in rows if r["status"] == "valid"]
+    assert m["valid"] == len(valid) and 0 < len(valid) < 16
+    assert m["reject_no_json"] + m["reject_bad_schema"] == 16 - len(valid)
+    # each valid question: the key letter points at the key text in the shuffled choices
+    for r in valid:
+        assert r["choices"]["ABCDEFGH".index(r["answer"])] == r["ground_truth"]
+    varying = [r for r in valid if 0 < r["solver_acc"] < 1]
+    constant = [r for r in valid if r["solver_acc"] in (0.0, 1.0)]
+    assert varying and all(r["influence"] != 0 for r in varying)
+    assert all(r["influence"] == 0 for r in constant)           # zero-variance questions score 0
+    assert all(r["reward"] == 0.0 for r in rows if r["status"] != "valid")
+    assert m["gen_steps"] >= 1 and m["solver_steps"] >= 1 and m["solver_tis_mean"] > 0
+    # both models moved away from the shared anchor
+    ck = tmp_path / "run" / "ckpt_00000"
+    g, s = load_file(ck / "generator" / "model.safetensors"), load_file(ck / "solver" / "model.safetensors")
+    assert any(not torch.equal(g[k], s[k]) for k in g)
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(ck / "solver")          # HF-loadable
+
+
+def test_two_ranks_equal_one_rank(tmp_path):
+    args = lambda out: loop_args(tmp_path, out, ["--iterations=1", "--save_every=1"])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    one = subprocess.run([sys.executable, str(ROOT / "tests" / "dist_loop.py"), *args(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "tests" / "dist_loop.py"), *args(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    key = lambda r: r["qid"]
+    q1 = sorted(read_jsonl(tmp_path / "one" / "questions.jsonl"), key=key)
+    q2 = sorted(read_jsonl(tmp_path / "two" / "questions.jsonl"), key=key)
+    assert [r["qid"] for r in q1] == [r["qid"] for r in q2]
+    assert [r["status"] for r in q1] == [r["status"] for r in q2]
+    s1 = torch.tensor([r["influence"] or 0.0 for r in q1])
+    s2 = torch.tensor([r["influence"] or 0.0 for r in q2])
+    assert s1.abs().max() > 0
+    assert ((s1 - s2).abs().max() / s1.abs().max()).item() <= 1e-5
+    for role in ("generator", "solver"):
+        a = load_file(tmp_path / "one" / "ckpt_00000" / role / "model.safetensors")
+        b = load_file(tmp_path / "two" / "ckpt_00000" / role / "model.safetensors")
+        base = train.build_model("tiny-random", train.parse_config(["--preset", "tiny"]))[0].state_dict()
+        assert any(not torch.equal(a[k], base[k]) for k in a)     # the update happened
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path, scripted):
+    full = train.main(loop_args(tmp_path, tmp_path / "full", ["--iterations=2", "--save_every=1"]))
+    train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=1", "--save_every=1"]))
+    resumed = train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=2", "--save_every=1", "--resume"]))
+    assert resumed["history"][-1]["iteration"] == 1
+    for role in ("generator", "solver"):
+        a = load_file(tmp_path / "full" / "ckpt_00001" / role / "model.safetensors")
+        b = load_file(tmp_path / "cut" / "ckpt_00001" / role / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    oa = torch.load(tmp_path / "full" / "ckpt_00001" / "optim.pt", weights_only=False)
+    ob = torch.load(tmp_path / "cut" / "ckpt_00001" / "optim.pt", weights_only=False)
+    for role in oa:
+        for p, st in oa[role]["state"].items():
+            for k, v in st.items():
+                assert torch.equal(v, ob[role]["state"][p][k]), (role, p, k)
+    ha = [{k: v for k, v in m.items() if not k.startswith("time")} for m in full["history"]]
+    hb = [{k: v for k, v in m.items() if not k.startswith("time")} for m in resumed["history"]]
+    assert ha == hb
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--preset", "tiny", "--learning_rate=1"], "unknown config key 'learning_rate'"),
+    (["--preset", "tiny", "--n_gen=two"], "--n_gen expects int"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--preset", "tiny", "--documents=/nonexistent/docs.jsonl"], "file not found: /nonexistent/docs.jsonl"),
+    (["--preset", "tiny", "--similarity_mode=cos"], "--similarity_mode='cos' is not one of"),
+])
+def test_bad_input_gives_one_clear_line(args, needle):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr[-2000:]
+
+
+def test_malformed_jsonl_line_is_named(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"doc_id": "a", "text": "fine"}\n{"doc_id": "b", "text": broken}\n')
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", f"--documents={docs}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()
+    assert len(line) == 1 and f"{docs}:2: malformed JSON" in line[0]

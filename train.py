@@ -1,0 +1,623 @@
+"""train.py -- the INFUSER entry point: config and presets, torch.distributed, models, checkpoints, logs.
+
+Run
+  python train.py                                   # the embedded default: the toy world (preset "toy")
+  python train.py --preset tiny                     # a few-second smoke run on a random tiny Qwen3
+  python train.py --preset toy --iterations=5 --seed=1
+  torchrun --standalone --nproc_per_node=8 train.py --preset qwen3-8b-base \
+      --documents=/data/documents.jsonl --dev=/data/supergpqa_science_800.jsonl --engine=vllm
+  python train.py --preset toy --resume             # continue the latest checkpoint in out_dir
+
+Config: one flat dataclass (Config) below; a preset is a dict of overrides (PRESETS); `--key=value` overrides
+both, with type checks. The full config is written into every checkpoint and into the metrics log.
+
+Distributed: under torchrun, one process per device (nccl on GPU, gloo on CPU); both models are sharded
+with FSDP2 (`fully_shard` on every decoder layer, then the root) when world size > 1. Each rank drafts
+questions from its share of the documents and answers its share of the dev set; infuser.py gathers the
+few global quantities. Sampling: with engine=hf the engine samples the training model itself (under FSDP2
+it holds the gathered full weights for the duration of a call, so ranks sample independently);
+engine=vllm runs one colocated vLLM engine per rank, shared by both roles, and every rollout starts with
+rollout's one weight-sync function (untested with more than one rank: vLLM may need its
+"external_launcher" executor under torchrun).
+
+Memory plan for the 8B recipe on 8 x 80 GB (bf16 compute, fp32 master weights and Adam states, FSDP2):
+  per model    8.2e9 params x (4 B weights + 4 B grads + 8 B Adam m,v) = 131 GB  -> / 8 ranks = 16.4 GB
+  two models   generator + solver                                      = 32.8 GB per GPU
+  dev gradient m (fp32, sharded like the weights)                      =  4.1 GB per GPU
+  vLLM         gpu_memory_utilization 0.3 x 80 GB (bf16 weights 16.4 GB + KV cache)   = 24 GB per GPU
+  left for activations (micro-batch 4 x <= 12k tokens with activation checkpointing) and the
+  influence pass (one module's [chunk, out, in] per-question gradient block + its gathered m and v:
+  e.g. the 151,936 x 4,096 lm_head: chunk x 2.5 GB + 5 GB)                ~ 19 GB
+  Influence needs gradient checkpointing off inside its pass; use --influence_chunk=1 on 80 GB cards.
+  With offloading of the idle role's optimizer state to CPU (not implemented here) the margin grows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import infuser
+from evaluate import Item, evaluate, load_benchmark
+from rollout import HFEngine, SamplingParams, byte_tokenizer, load_model, tiny_qwen3
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    # run
+    preset: str = "toy"
+    out_dir: str = ""                    # default runs/<preset>
+    seed: int = 42
+    iterations: int = 100
+    save_every: int = 5                  # checkpoint every K iterations (and at the end); 0 = never
+    keep_last: int = 2
+    resume: str = ""                     # "" = fresh; "latest" (or --resume) = newest in out_dir; or a path
+    wandb: str = ""                      # a wandb project name to log there too; "" = off
+    progress: bool = True
+    # models
+    model: str = "toy"                   # "toy", "tiny-random", a local HF dir, a hub name, or a .gguf file
+    generator_model: str = ""            # the generator's start point when it differs (default: model)
+    dtype: str = "float32"               # weights (masters) dtype
+    compute_dtype: str = "float32"       # bfloat16: FSDP2 mixed precision / autocast
+    device: str = "auto"
+    engine: str = "hf"                   # hf | vllm
+    max_tokens_per_batch: int = 65536    # HFEngine chunking
+    vllm_gpu_memory_utilization: float = 0.3
+    # data
+    documents: str = "toy"               # "toy" or a JSONL with doc_id and text (or content)
+    dev: str = "toy"                     # "toy", a JSONL of MCQs (question, choices, answer), or a benchmark name
+    test: str = "toy"                    # held-out target questions evaluated at start and end ("" = none)
+    data_dir: str = ""                   # where benchmark files live when dev/test name a benchmark
+    dev_limit: int = 0
+    test_samples: int = 4                # samples per test question (avg@k)
+    question_source: str = ""            # JSONL of pre-generated questions (frozen external generator)
+    # sizes (spec §1.3, §9)
+    doc_batch_size: int = 128
+    n_gen: int = 8
+    n_solver: int = 8
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_prompt_tokens: int = 4096
+    gen_max_new_tokens: int = 8192
+    solver_max_new_tokens: int = 8192
+    question_route: str = "mcq"          # mcq | free_form
+    # optimisation (spec §3.6-3.7, §6)
+    solver_lr: float = 2e-6
+    generator_lr: float = 6e-6
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ppo_minibatch_groups: int = 32       # whole groups per optimizer step (32 x 8 = 256 responses)
+    ppo_epochs: int = 1
+    micro_batch: int = 8                 # rollouts per forward/backward (gradient accumulation only)
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float = 3.0
+    tis_cap: float = 2.0
+    # the algorithm and its ablations (spec §5.4)
+    solver_normalization: str = "none"               # Dr.GRPO
+    generator_normalization: str = "hybrid_std"      # DuGRPO
+    similarity_mode: str = "preconditioned_cosine"
+    influence_chunk: int = 16                        # questions per influence forward/backward
+    generator_reward: str = "influence"              # influence | spice | uncertainty
+    gen_invalid_penalty: float = 0.0
+    solver_mid_eos_penalty: float = 0.0
+    fix_generator: bool = False
+    fix_solver: bool = False
+    dev_only: bool = False
+    skip_dev_rollout: bool = False
+
+
+PRESETS: dict[str, dict] = {
+    # the embedded default: toy.py's world and anchor (see README "The toy world")
+    "toy": dict(model="toy", documents="toy", dev="toy", test="toy", iterations=12, save_every=0,
+                doc_batch_size=8, n_gen=4, n_solver=4, gen_max_new_tokens=96, solver_max_new_tokens=48,
+                max_prompt_tokens=512, solver_lr=2e-4, generator_lr=2e-4, ppo_minibatch_groups=16,
+                micro_batch=32, influence_chunk=16, test_samples=2),
+    # a seconds-long smoke run: random tiny Qwen3 + byte tokenizer on the bundled OpenStax / SuperGPQA samples
+    "tiny": dict(model="tiny-random", documents="data/openstax_sample.jsonl", dev="data/supergpqa_dev_sample.jsonl",
+                 test="", dev_limit=4, iterations=2, save_every=0, doc_batch_size=2, n_gen=2, n_solver=2,
+                 gen_max_new_tokens=16, solver_max_new_tokens=8, max_prompt_tokens=8192, solver_lr=1e-3,
+                 generator_lr=1e-3, ppo_minibatch_groups=2, micro_batch=4, progress=False),
+    # the paper recipes (spec §9): give --documents and --dev paths to the released data
+    "qwen3-4b-base": dict(model="Qwen/Qwen3-4B-Base", documents="", dev="", test="", solver_lr=2e-6,
+                          generator_lr=6e-6, micro_batch=8, compute_dtype="bfloat16", engine="vllm",
+                          iterations=100, save_every=5),
+    "qwen3-8b-base": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", solver_lr=2e-6,
+                          generator_lr=4e-6, micro_batch=4, compute_dtype="bfloat16", engine="vllm",
+                          iterations=100, save_every=5),
+    # INFUSER+RLVR: hybrid documents (science + Putnam/AIME-history math) and a mixed dev set, mid-EOS -0.5
+    "rlvr-hybrid": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", solver_lr=2e-6,
+                        generator_lr=4e-6, micro_batch=4, compute_dtype="bfloat16", engine="vllm",
+                        solver_mid_eos_penalty=-0.5, iterations=100, save_every=5),
+}
+
+CHOICES = {"engine": ("hf", "vllm"), "question_route": ("mcq", "free_form"),
+           "solver_normalization": ("none", "group_std", "batch_std", "hybrid_std"),
+           "generator_normalization": ("none", "group_std", "batch_std", "hybrid_std"),
+           "similarity_mode": ("dot", "cosine", "preconditioned_dot", "preconditioned_cosine"),
+           "generator_reward": ("influence", "spice", "uncertainty"),
+           "dtype": ("float32", "bfloat16", "float16"), "compute_dtype": ("float32", "bfloat16", "float16")}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(name: str, typ, raw: str):
+    if typ is bool:
+        if raw.lower() in ("1", "true", "yes", "on", ""):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{name} expects true/false, got {raw!r}")
+    try:
+        return typ(raw)
+    except ValueError:
+        raise ConfigError(f"--{name} expects {typ.__name__}, got {raw!r}") from None
+
+
+def parse_config(argv: list[str]) -> Config:
+    """`--preset NAME` then `--key=value` / `--key value` overrides; a bare `--flag` sets a bool."""
+    types = {f.name: (str if f.type == "str" else eval(f.type)) for f in fields(Config)}  # noqa: S307
+    pairs, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            raise ConfigError(f"unexpected argument {a!r}: use --key=value")
+        key, eq, val = a[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if key in types and types[key] is not bool and nxt is not None and not nxt.startswith("--"):
+                val, i = nxt, i + 1
+            elif key == "resume":
+                val = "latest"
+            elif key in types and types[key] is bool:
+                val = "true"
+            elif key in types:
+                raise ConfigError(f"--{key} needs a value")
+        pairs.append((key, val))
+        i += 1
+    preset = next((v for k, v in pairs if k == "preset"), Config.preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = Config(**{**PRESETS[preset], "preset": preset})
+    for key, val in pairs:
+        if key not in types:
+            import difflib
+            close = difflib.get_close_matches(key, types, n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        setattr(cfg, key, _coerce(key, types[key], val))
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"--{key}={getattr(cfg, key)!r} is not one of {allowed}")
+    for key in ("doc_batch_size", "n_gen", "n_solver", "ppo_minibatch_groups", "micro_batch", "influence_chunk",
+                "ppo_epochs"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"--{key} must be >= 1")
+    if not cfg.out_dir:
+        cfg.out_dir = os.path.join("runs", cfg.preset)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed setup (a thin layer: world size 1 is the same code path)
+
+def setup_distributed(cfg: Config):
+    """Init torch.distributed when launched by torchrun. Returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu" if cfg.device in ("auto", "cuda") else cfg.device)
+    return rank, world, device
+
+
+def print0(*a, **k):
+    if infuser.rank_world()[0] == 0:
+        print(*a, **k, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and data
+
+def build_model(spec: str, cfg: Config):
+    """(model, tokenizer, path for vLLM or None) from a model spec."""
+    if spec == "toy":
+        import toy
+        model, tok = toy.load_anchor()
+        return model, tok, toy.anchor_path() if hasattr(toy, "anchor_path") else None
+    if spec == "tiny-random":
+        tok = byte_tokenizer()
+        model = tiny_qwen3(vocab_size=len(tok), seed=cfg.seed)
+        return model, tok, None
+    gguf = None
+    if spec.endswith(".gguf"):
+        spec, gguf = os.path.dirname(spec) or ".", os.path.basename(spec)
+    model, tok = load_model(spec, dtype=cfg.dtype, gguf_file=gguf)
+    return model, tok, (spec if gguf is None else None)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Rows of a JSONL file; a clear one-line error for a missing file or a malformed line."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def load_documents(spec: str) -> list[dict]:
+    if spec == "toy":
+        import toy
+        return [dict(d) for d in toy.build_world().documents]
+    if not spec:
+        raise ConfigError("no documents: give --documents=PATH (JSONL with doc_id and text)")
+    docs = []
+    for n, row in enumerate(read_jsonl(spec), 1):
+        text = row.get("text", row.get("content"))
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{spec}: document {n} has no 'text' (or 'content') string")
+        docs.append({"doc_id": str(row.get("doc_id", n - 1)), "text": text})
+    if not docs:
+        raise ConfigError(f"{spec}: no documents")
+    return docs
+
+
+def load_questions(spec: str, cfg: Config, split: str) -> list[Item]:
+    """Dev/test MCQs: "toy", a JSONL (question, choices, answer letter or choice text), or a benchmark."""
+    if spec == "toy":
+        import toy
+        w = toy.build_world()
+        rows = w.dev if split == "dev" else w.test
+        items = [Item(str(r["id"]), r["question"], list(r["choices"]), r["answer"], "mcq") for r in rows]
+    elif spec.endswith(".jsonl") or os.path.sep in spec:
+        from evaluate import key_letter
+        items = []
+        for n, r in enumerate(read_jsonl(spec), 1):
+            choices = r.get("choices", r.get("options"))
+            key = r.get("answer", r.get("answer_letter"))
+            if not isinstance(r.get("question"), str) or not isinstance(choices, list) or key is None:
+                raise ConfigError(f"{spec}:{n}: a question needs 'question', 'choices' and 'answer'")
+            letter = key_letter(str(key), [str(c) for c in choices])
+            if letter is None:
+                raise ConfigError(f"{spec}:{n}: answer {key!r} is neither a letter nor one of the choices")
+            items.append(Item(str(r.get("id", n)), r["question"], [str(c) for c in choices], letter, "mcq"))
+    elif spec:
+        items = load_benchmark(spec, data_dir=cfg.data_dir or None)
+    else:
+        raise ConfigError(f"no {split} set: give --{split}=PATH")
+    if cfg.dev_limit and split == "dev":
+        items = items[:cfg.dev_limit]
+    return items
+
+
+def load_external_questions(path: str) -> dict[int, list[infuser.Question]]:
+    """Pre-generated questions per iteration (a frozen external generator): JSONL rows with iteration,
+    question, choices, ground_truth (choice text) and doc_id; parsed and shuffled like generated ones."""
+    by_it: dict[int, list[infuser.Question]] = {}
+    for n, r in enumerate(read_jsonl(path)):
+        raw = json.dumps({"question_text": r.get("question", ""), "choices": r.get("choices", []),
+                          "ground_truth": r.get("ground_truth", "")})
+        q = infuser.parse_question(raw, str(r.get("doc_id", "ext")), n, seed=0)
+        by_it.setdefault(int(r.get("iteration", 0)), []).append(q)
+    return by_it
+
+
+# ----------------------------------------------------------------------------------------------
+# Roles: models, optimizers, engines
+
+def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) -> infuser.Role:
+    """Model on its device (FSDP2-sharded when world > 1), its AdamW, and the engine that samples it."""
+    model.to(device)
+    if infuser.rank_world()[1] > 1:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.compute_dtype), reduce_dtype=torch.float32)
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    lr = cfg.solver_lr if name == "solver" else cfg.generator_lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                            weight_decay=cfg.weight_decay)
+    if cfg.engine == "vllm":
+        if path is None:
+            raise ConfigError("--engine=vllm needs a model directory (not tiny-random or a .gguf file)")
+        if "vllm" not in shared:
+            from rollout import VLLMEngine
+            shared["vllm"] = VLLMEngine(path, tok, dtype=cfg.compute_dtype, seed=cfg.seed,
+                                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                                        max_model_len=cfg.max_prompt_tokens + max(cfg.gen_max_new_tokens,
+                                                                                  cfg.solver_max_new_tokens))
+        engine = shared["vllm"]
+        sync = lambda: engine.sync_weights(model)          # one engine, both roles: always push this role
+    else:
+        # HFEngine samples the training model itself (under FSDP2 it gathers the full weights per call)
+        engine = HFEngine(model, tok, cfg.max_tokens_per_batch,
+                          progress=cfg.progress and infuser.rank_world()[0] == 0)
+        sync = None
+    return infuser.Role(name, model, opt, engine, tok, sync)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: both models as HF safetensors dirs, both optimizers, RNG, data positions, config
+
+def _full_state(role: infuser.Role):
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(role.model, options=opts), get_optimizer_state_dict(role.model, role.optimizer, options=opts)
+
+
+def save_checkpoint(cfg: Config, it: int, roles: dict, stream: infuser.DocumentStream, extra: dict) -> str | None:
+    """Write out_dir/ckpt_XXXXX atomically (a temporary directory renamed into place); keep the last K."""
+    from safetensors.torch import save_file
+    rank = infuser.rank_world()[0]
+    states = {name: _full_state(r) for name, r in roles.items()}     # collective under FSDP2
+    if rank != 0:
+        return None
+    out = Path(cfg.out_dir)
+    final = out / f"ckpt_{it:05d}"
+    tmp = out / f".tmp_ckpt_{it:05d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    optim = {}
+    for name, role in roles.items():
+        msd, osd = states[name]
+        d = tmp / name
+        d.mkdir()
+        model = role.model
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        tensors = {k: v.contiguous().clone() for k, v in msd.items() if not (tied and k == "lm_head.weight")}
+        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(d)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(d)
+        role.tokenizer.save_pretrained(d)
+        optim[name] = osd
+    torch.save(optim, tmp / "optim.pt")
+    state = {"iteration": it, "config": asdict(cfg), "documents": stream.state_dict(),
+             "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, **extra}
+    torch.save(state, tmp / "state.pt")
+    (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    ckpts = sorted(out.glob("ckpt_*"))
+    for old in ckpts[:-cfg.keep_last] if cfg.keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return str(final)
+
+
+def find_checkpoint(cfg: Config) -> Path | None:
+    if cfg.resume in ("", "false", "0"):
+        return None
+    if cfg.resume not in ("latest", "true", "1"):
+        p = Path(cfg.resume)
+        if not (p / "state.pt").is_file():
+            raise ConfigError(f"--resume={cfg.resume}: no checkpoint there (state.pt missing)")
+        return p
+    ckpts = sorted(Path(cfg.out_dir).glob("ckpt_*"))
+    if not ckpts:
+        raise ConfigError(f"--resume: no checkpoint in {cfg.out_dir}")
+    return ckpts[-1]
+
+
+def load_checkpoint(path: Path, roles: dict, stream: infuser.DocumentStream) -> dict:
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    optim = torch.load(path / "optim.pt", weights_only=False)
+    for name, role in roles.items():
+        sd = load_file(str(path / name / "model.safetensors"))
+        if getattr(role.model.config, "tie_word_embeddings", False) and "lm_head.weight" not in sd:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        set_model_state_dict(role.model, sd, options=opts)
+        set_optimizer_state_dict(role.model, role.optimizer, optim[name], options=opts)
+    state = torch.load(path / "state.pt", weights_only=False)
+    stream.load_state_dict(state["documents"])
+    st = state["rng"]["python"]
+    random.setstate((st[0], tuple(st[1]), st[2]))
+    torch.set_rng_state(state["rng"]["torch"])
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+class Logger:
+    """Rank-0 console one-liners, metrics.jsonl always, questions.jsonl, wandb only when asked."""
+
+    def __init__(self, cfg: Config):
+        self.rank = infuser.rank_world()[0]
+        self.dir = Path(cfg.out_dir)
+        self.wb = None
+        if self.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+            if cfg.wandb:
+                import wandb
+                self.wb = wandb.init(project=cfg.wandb, config=asdict(cfg))
+
+    def metrics(self, m: dict):
+        if self.rank != 0:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(m) + "\n")
+        if self.wb is not None:
+            self.wb.log({k: v for k, v in m.items() if isinstance(v, (int, float))}, step=m.get("iteration"))
+        f = lambda k, fmt="{:.3f}": fmt.format(m[k]) if isinstance(m.get(k), (int, float)) else "-"
+        print(f"it {m['iteration']:3d} | valid {f('valid_rate')} ({int(m.get('valid', 0))}/{int(m.get('questions', 0))})"
+              f" | dev acc {f('dev_acc')} | q solve {f('question_solve_rate')} | infl {f('influence_mean', '{:+.4f}')}"
+              f" | gen R {f('gen_reward_mean', '{:+.4f}')} | {f('time_total', '{:.1f}')}s "
+              f"(dev {f('time_dev_rollout', '{:.1f}')} gen {f('time_generation', '{:.1f}')} sol {f('time_solver_rollout', '{:.1f}')}"
+              f" inf {f('time_influence', '{:.1f}')} upd {f('time_generator_update', '{:.1f}')}+{f('time_solver_update', '{:.1f}')})"
+              + (f" | {m['note']}" if m.get("note") else ""), flush=True)
+
+    def questions(self, records: list[dict]):
+        rows = [r for part in infuser.gather_objects(records) for r in part]
+        if self.rank == 0:
+            with open(self.dir / "questions.jsonl", "a") as f:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def test_accuracy(cfg: Config, role: infuser.Role, items: list[Item], tag: str) -> float | None:
+    """avg@k of the solver on held-out target questions (each rank its share, summed)."""
+    if not items:
+        return None
+    rank, world = infuser.rank_world()
+    mine = items[rank::world]
+    if role.sync is not None:
+        role.sync()
+    params = SamplingParams(n=cfg.test_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.solver_max_new_tokens, seed=infuser.seed_for(cfg.seed, tag))
+    rep = evaluate(role.engine, mine, params, batch_size=64, progress=False)
+    ok = sum(g == 1.0 for r in rep["items"] for g in r["grades"])
+    n = sum(len(r["grades"]) for r in rep["items"])
+    ok, n = infuser.all_sum([ok, n])
+    return ok / max(n, 1)
+
+
+def plot_curves(out_dir: str, history: list[dict], summary: dict) -> str | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    its = [m["iteration"] for m in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, keys, title in [(axes[0], ["dev_acc", "question_solve_rate"], "solver accuracy"),
+                            (axes[1], ["valid_rate"], "valid-question rate"),
+                            (axes[2], ["influence_mean", "gen_reward_mean"], "generator signal")]:
+        for k in keys:
+            ys = [m.get(k) for m in history]
+            if any(y is not None for y in ys):
+                ax.plot(its, [y if y is not None else float("nan") for y in ys], marker="o", ms=3, label=k)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=8)
+    if summary.get("test_acc_end") is not None:
+        axes[0].axhline(summary["test_acc_end"], ls="--", c="gray", lw=1, label="test (end)")
+    fig.tight_layout()
+    path = os.path.join(out_dir, "curves.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The outer loop
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    rank, world, device = setup_distributed(cfg)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.iterations < 1:
+        raise ConfigError("--iterations must be >= 1")
+
+    # ---- data ---------------------------------------------------------------------------------
+    documents = [] if cfg.dev_only else load_documents(cfg.documents)
+    dev_items = load_questions(cfg.dev, cfg, "dev")
+    test_items = load_questions(cfg.test, cfg, "test") if cfg.test else []
+    external = load_external_questions(cfg.question_source) if cfg.question_source else None
+    if external is not None and not cfg.fix_generator:
+        raise ConfigError("--question_source needs --fix_generator (its questions come from a frozen generator)")
+    stream = infuser.DocumentStream(documents, cfg.seed)
+
+    # ---- models: two copies of one anchor, each with its own AdamW --------------------------------
+    shared: dict = {}
+    s_model, s_tok, s_path = build_model(cfg.model, cfg)
+    g_model, g_tok, g_path = build_model(cfg.generator_model or cfg.model, cfg)
+    solver = make_role("solver", s_model, s_tok, s_path, cfg, device, shared)
+    generator = make_role("generator", g_model, g_tok, g_path, cfg, device, shared)
+    roles = {"generator": generator, "solver": solver}
+
+    log = Logger(cfg)
+    start, history, summary = 0, [], {}
+    ckpt = find_checkpoint(cfg)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, roles, stream)
+        start, history, summary = state["iteration"] + 1, state.get("history", []), state.get("summary", {})
+        print0(f"resumed from {ckpt} (next iteration {start})")
+    n_params = sum(p.numel() for p in s_model.parameters())
+    print0(f"INFUSER | preset {cfg.preset} | world {world} on {device} | {n_params / 1e6:.2f}M params per model"
+           f" | {len(documents)} documents, {len(dev_items)} dev, {len(test_items)} test questions")
+    amp = (torch.autocast(device.type, dtype=getattr(torch, cfg.compute_dtype))
+           if world == 1 and cfg.compute_dtype != "float32" else nullcontext())
+    if start == 0 and test_items:
+        summary["test_acc_start"] = test_accuracy(cfg, solver, test_items, "test")
+        print0(f"held-out test accuracy at start: {summary['test_acc_start']:.3f}")
+
+    for it in range(start, cfg.iterations):
+        batch = stream.next_batch(cfg.doc_batch_size) if documents else []
+        docs = [dict(d, gidx=j) for j, d in enumerate(batch)][rank::world]
+        dev = [dataclasses.replace(x) for x in dev_items]
+        for j, x in enumerate(dev):
+            x.gidx = j
+        with amp:
+            m = infuser.run_iteration(cfg, it, generator, solver, docs, dev[rank::world],
+                                      external_questions=None if external is None else
+                                      [q for q in external.get(it, [])][rank::world],
+                                      log_questions=log.questions)
+        history.append(m)
+        log.metrics(m)
+        if cfg.save_every and ((it + 1) % cfg.save_every == 0 or it == cfg.iterations - 1):
+            save_checkpoint(cfg, it, roles, stream, {"history": history, "summary": summary})
+
+    if test_items:
+        summary["test_acc_end"] = test_accuracy(cfg, solver, test_items, "test")
+    devs = [m["dev_acc"] for m in history if m.get("dev_acc") is not None]
+    if devs:
+        summary.update(dev_acc_start=devs[0], dev_acc_end=devs[-1])
+    if rank == 0:
+        summary["plot"] = plot_curves(cfg.out_dir, history, summary)
+        Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+        line = " | ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float))
+        print0(f"summary: {line} | curves: {summary.get('plot')}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return {"summary": summary, "history": history, "config": asdict(cfg)}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
