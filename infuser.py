@@ -601,9 +601,9 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
             scores[g] = v
         if m.get("dev_signal_groups", 0) == 0:
             m["note"] = "no dev question with reward variance: all influence scores are 0"
-    svals = gather_objects([v for g, v in scores.items() if len(set(acc_q.get(g, [0]))) > 1])
+    svals = gather_objects([v for g, v in scores.items() if len(set(acc_q.get(g, [0]))) > 1]) if use_influence else []
     svals = [v for part in svals for v in part]
-    if svals:
+    if svals:                              # statistics of the scores that carry signal (non-constant groups)
         t = torch.tensor(svals)
         m.update(influence_mean=t.mean().item(), influence_std=t.std().item() if len(t) > 1 else 0.0,
                  influence_pos_frac=(t > 0).float().mean().item())

@@ -530,7 +530,8 @@ def plot_curves(out_dir: str, history: list[dict], summary: dict) -> str | None:
                 ax.plot(its, [y if y is not None else float("nan") for y in ys], marker="o", ms=3, label=k)
         ax.set_title(title)
         ax.set_xlabel("iteration")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     if summary.get("test_acc_end") is not None:
         axes[0].axhline(summary["test_acc_end"], ls="--", c="gray", lw=1, label="test (end)")
     fig.tight_layout()

@@ -133,3 +133,31 @@ def test_malformed_jsonl_line_is_named(tmp_path):
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()
     assert len(line) == 1 and f"{docs}:2: malformed JSON" in line[0]
+
+
+@pytest.mark.parametrize("extra,check", [
+    (["--fix_generator"], lambda m: "gen_steps" not in m and m["solver_steps"] >= 1 and "influence_mean" not in m),
+    (["--dev_only"], lambda m: m["questions"] == 0 and m["solver_steps"] >= 1),
+    (["--generator_reward=spice"], lambda m: m["gen_steps"] >= 1 and "influence_mean" not in m),
+    (["--generator_reward=uncertainty", "--generator_normalization=group_std"], lambda m: m["gen_steps"] >= 1),
+    (["--similarity_mode=cosine", "--generator_normalization=batch_std"],
+     lambda m: m["gen_steps"] >= 1 and m["influence_mean"] != 0),
+    (["--solver_mid_eos_penalty=-0.5", "--skip_dev_rollout"], lambda m: m["solver_steps"] >= 1),
+])
+def test_ablations_are_config_values(tmp_path, scripted, extra, check):
+    out = train.main(loop_args(tmp_path, tmp_path / "run", ["--iterations=1", "--doc_batch_size=2", *extra]))
+    assert check(out["history"][0]), out["history"][0]
+
+
+def test_frozen_external_questions(tmp_path, scripted):
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("".join(json.dumps({"iteration": 0, "doc_id": f"x{i}", "question": f"{i} + {i} = ?",
+                                      "choices": [str(2 * i), str(i), str(2 * i + 1), "0"],
+                                      "ground_truth": str(2 * i)}) + "\n" for i in range(1, 5)))
+    out = train.main(loop_args(tmp_path, tmp_path / "run", ["--iterations=1", "--fix_generator",
+                                                            f"--question_source={qs}"]))
+    m = out["history"][0]
+    assert m["questions"] == 4 and m["valid"] == 4 and "gen_steps" not in m
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", f"--question_source={qs}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "--question_source needs --fix_generator" in proc.stderr
