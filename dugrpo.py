@@ -172,13 +172,24 @@ def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperat
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
+                   response_mask: torch.Tensor | None = None,
                    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-    """Run `model` (any callable returning `.logits` [N, T, V]) and return aligned log-probs [N, T].
+    """Run `model` (any HF-style callable returning `.logits` [N, T', V]) and return aligned log-probs [N, T].
 
-    Rows are right-padded, so default position ids (0, 1, ...) are right for every real token.
+    Rows are right-padded, so default position ids (0, 1, ...) are right for every real token. With
+    `response_mask` [N, T], only the positions from the first response token of the batch onwards are
+    computed (logits_to_keep): the LM head never runs on the prompt, which for long prompts and a large
+    vocabulary is most of the logits' memory. Positions before that are returned as 0.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return logprobs_from_logits(logits, input_ids, temperature, chunk_elements)
+    n, t = input_ids.shape
+    start = 1
+    if response_mask is not None and response_mask.any():
+        start = max(int(response_mask.any(0).nonzero()[0].item()), 1)   # first column with a response token
+    keep = t - start + 1                                                  # logits of positions start-1 .. t-1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=keep).logits                           # [N, keep, V]
+    lp = logprobs_from_logits(logits, input_ids[:, start - 1:], temperature, chunk_elements)  # [N, keep]
+    return torch.cat([lp.new_zeros(n, start), lp[:, 1:]], dim=1)         # [N, T] aligned
 
 
 # ----------------------------------------------------------------------------------------------

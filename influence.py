@@ -118,7 +118,8 @@ def pg_surrogate(model, rollouts, temperature: float, tis_cap: float, row_scale:
     as -A w exp(lp - sg(lp)); its gradient equals that of -A w lp, which is used here. A_i is the Dr.GRPO
     advantage within each row's group; w_it uses the same forward's (detached) log-probs as pi_old.
     """
-    lp = token_logprobs(model, rollouts.input_ids, rollouts.attention_mask, temperature)    # [N, T]
+    lp = token_logprobs(model, rollouts.input_ids, rollouts.attention_mask, temperature,
+                        rollouts.response_mask)                                            # [N, T]
     adv = group_advantages(rollouts.rewards.to(lp.dtype), rollouts.group_ids, "none")      # [N]
     w = tis_weights(lp.detach(), rollouts.sampler_logprobs, tis_cap)                       # [N, T]
     per_row = (w * rollouts.response_mask * lp).sum(-1)                                    # [N]

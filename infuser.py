@@ -462,7 +462,7 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
                 for k in range(n_pass):
                     mb, _, part, _ = micro(rows, k)
                     lp = dugrpo.token_logprobs(model, mb.input_ids.to(device), mb.attention_mask.to(device),
-                                               cfg.temperature).cpu()
+                                               cfg.temperature, mb.response_mask.to(device)).cpu()
                     if part is not None:
                         old[part, :lp.shape[1]] = lp
     model.train()
@@ -473,7 +473,8 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
             for k in range(n_pass):
                 mb, adv, part, weight = micro(rows, k)
                 mb = mb.to(device)
-                lp = dugrpo.token_logprobs(model, mb.input_ids, mb.attention_mask, cfg.temperature)
+                lp = dugrpo.token_logprobs(model, mb.input_ids, mb.attention_mask, cfg.temperature,
+                                           mb.response_mask)
                 lp_old = lp.detach() if old is None or part is None else old[part, :lp.shape[1]].to(device)
                 loss, st = dugrpo.policy_loss(
                     lp, lp_old, adv.to(device), mb.response_mask, normaliser,

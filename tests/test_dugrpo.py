@@ -194,3 +194,25 @@ def test_tis_weights():
     w = dugrpo.tis_weights(old, slp, cap=2.0)
     torch.testing.assert_close(w, torch.tensor([[2.0, 1.0, math.exp(-2.5)]]))
     assert torch.equal(dugrpo.tis_weights(old, None), torch.ones_like(old))
+
+
+def test_token_logprobs_with_response_mask_skips_the_prompt_head():
+    """logits_to_keep from the response mask: same log-probs on response tokens, LM head on fewer rows."""
+    from rollout import tiny_qwen3
+    model = tiny_qwen3(seed=4)
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.randint(1, 512, (3, 12), generator=gen)
+    am = torch.ones_like(ids)
+    am[2, 10:] = 0
+    rm = torch.zeros(3, 12)
+    rm[0, 5:] = 1
+    rm[1, 7:] = 1
+    rm[2, 6:10] = 1
+    seen = []
+    h = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    full = dugrpo.token_logprobs(model, ids, am, 0.7)
+    part = dugrpo.token_logprobs(model, ids, am, 0.7, response_mask=rm)
+    h.remove()
+    assert seen == [12, 8]                         # positions 4..11 only: the first response token is at 5
+    assert torch.all(part[:, :5] == 0)
+    torch.testing.assert_close(part * rm, full * rm, rtol=1e-6, atol=1e-6)
