@@ -26,19 +26,23 @@ What is here, top to bottom:
        python evaluate.py --model PATH --benchmark math500 --engine vllm --out results.json   # 1 GPU
 
      It prints a table and writes a JSON report with every setting and library version. Ctrl-C stops
-     generation and keeps (and writes) what is done.
+     generation and keeps (and writes) what is done. Evaluation runs in one process (CPU or one GPU);
+     there is no multi-GPU sharding here: give each GPU its own benchmarks.
 
 Defaults follow spec §8.1: temperature 0.7, top_p 0.8, top_k 20, up to 8192 new tokens, avg@k with
 k = 32 (AIME 2024/2025), 5 (GPQA-Diamond), 4 (MATH-500), 1 (everything else); all can be overridden.
 
-Deliberately left out (and why):
+Departures from the paper, and what is left out:
   * The paper's second math judge (a hand-written sympy comparison unioned with math-verify) and its
     benchmark-specific fallbacks ("The answer is (X)" patterns for MMLU-Pro and MedQA, "Final Answer:"
     lines for MATH-500, integer truncation for AIME): one extractor (\\boxed{}) and one verifier
     (math-verify) grade both training rewards and benchmarks. AIME answers therefore go through
     math-verify too ("042" = "42", "42.0" = "42", but "42.7" != "42").
   * The paper's solver prompt shows the model a literal "\\boxed{{}}" (an unformatted template); ours
-    writes "\\boxed{}".
+    writes "\\boxed{}". Its math check also hands math-verify (prediction, gold) in swapped positions;
+    we pass gold first, as math-verify documents, so asymmetric cases (relations vs intervals) can differ.
+  * OlympiadBench's per-question numeric tolerances: math-verify compares floats rounded to 6 decimals.
+  * A box holding a bare group, \\boxed{{B}}, is read as B (the paper's extractor would see "{").
   * BBEH, HMMT, MedQA, MedXpertQA and the coding benchmarks (no loader here; the free-form path grades
     HMMT-style answers unchanged).
   * GPQA-Diamond choices are shuffled per question with random.Random("None:<id>") as the spec describes;

@@ -185,6 +185,7 @@ def test_free_form_extraction():
     assert E.grade("the answer is 3", "3") is None                       # nothing boxed
     assert E.grade("\\boxed{\\text{ 18 }}", "18") == 1.0
     assert E.grade("\\boxed{42\\text{ km}}", "42", unit="km") == 1.0
+    assert E.grade("\\boxed{42.7}", "42") == 0.0                       # AIME: no integer truncation
     assert E.math_equal("   ", "42") is None
     with pytest.raises(TypeError):
         E.grade(["\\boxed{1}"], "1")
@@ -309,6 +310,45 @@ def test_loader_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("INFUSER_DATA_DIR", str(tmp_path))
     (tmp_path / "math500_test.jsonl").write_text(good + "\n")
     assert E.load_benchmark("math500")[0].answer == "2"
+
+
+class _FakeHubDataset(list):
+    def select(self, idx):
+        return _FakeHubDataset(self[i] for i in idx)
+
+
+def test_hub_rows_convert_and_offline_error(monkeypatch):
+    """Rows in the hub datasets' own field layout (no network: datasets.load_dataset is replaced)."""
+    import types
+    hub_rows = {
+        "openai/gsm8k": [{"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 1,234"}],
+        "TIGER-Lab/MMLU-Pro": [{"question_id": 7, "question": "Q?", "options": ["a", "b", "c"], "answer": "C",
+                                "answer_index": 2, "category": "law"}],
+        "m-a-p/SuperGPQA": [{"uuid": "u1", "question": "Q?", "options": ["x", "y"], "answer": "y",
+                             "discipline": "Science"}],
+        "Hothan/OlympiadBench": [{"id": 3, "question": "Find x.", "final_answer": ["$1$", "$2$"],
+                                  "unit": None, "answer_type": "Numerical", "context": None}],
+        "HuggingFaceH4/aime_2024": [{"id": 60, "problem": "P", "answer": 204}],
+    }
+    calls = []
+
+    def load_dataset(hub_id, config=None, split=None):
+        calls.append((hub_id, config, split))
+        if hub_id not in hub_rows:
+            raise ConnectionError("offline")
+        return _FakeHubDataset(hub_rows[hub_id])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.delenv("INFUSER_DATA_DIR", raising=False)
+    assert E.load_benchmark("gsm8k")[0].answer == "1234"
+    mp = E.load_benchmark("mmlu_pro", limit=1)[0]
+    assert (mp.id, mp.answer, mp.kind, mp.meta["category"]) == ("7", "C", "mcq", "law")
+    assert E.load_benchmark("supergpqa")[0].answer == "B"
+    assert E.load_benchmark("olympiadbench")[0].answer == "1, 2"
+    assert E.load_benchmark("aime2024")[0].answer == "204"
+    assert calls[0] == ("openai/gsm8k", "main", "test")
+    with pytest.raises(RuntimeError, match="math500_test.jsonl"):
+        E.load_benchmark("math500")
 
 
 # -----------------------------------------------------------------------------------------------------
