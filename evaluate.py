@@ -6,11 +6,11 @@ What is here, top to bottom:
   2. Answer extraction (spec §3.2): `extract_boxed` (last or first \\boxed{...}, nested braces),
      `mcq_letter` (last box, wrappers such as \\text{} stripped, first letter upper-cased) and `key_letter`
      (a key given as a letter or as the text of a choice -> its letter).
-  3. Math verification with math-verify (pinned 0.8.0) in a persistent worker process that is killed and
-     restarted when a call runs past its timeout. math-verify's own timeouts use SIGALRM, which only works
-     on the main thread; here every call is bounded by the parent, so `grade` is safe from threads and from
-     torchrun ranks, and a pathological answer costs at most `timeout` seconds. MCQ grading never touches
-     the worker.
+  3. Math verification with math-verify (pinned 0.8.0; `verify_math`, `math_equal`, `math_parseable`) in a
+     persistent worker process that is killed and restarted when a call runs past its timeout.
+     math-verify's own timeouts use SIGALRM, which only works on the main thread; here every call is
+     bounded by the parent, so `grade` is safe from threads and from torchrun ranks, and a pathological
+     answer costs at most `timeout` seconds. MCQ grading never touches the worker.
   4. `grade(response, ground_truth, choices=None)` -> 1.0 correct, 0.0 wrong, None when no answer can be
      extracted or the verifier cannot decide (DESIGN.md contract). Argument order is always
      (prediction, reference); math-verify itself is called as verify(gold, prediction), which matters
@@ -207,6 +207,11 @@ def _math_worker_main() -> None:
             if "expr" in req["match_types"]:
                 cfg.append(ExprExtractionConfig())
             # timeouts None: math-verify's SIGALRM timers are off; the parent kills us instead
+            if req.get("op") == "parse":            # does the text parse into a math object?
+                found = parse(req["text"], cfg, parsing_timeout=None)
+                channel.write(json.dumps(any(not isinstance(x, str) for x in found)) + "\n")
+                channel.flush()
+                continue
             gold = parse(req["gold"], cfg, parsing_timeout=None)
             pred = parse(req["pred"], cfg, parsing_timeout=None)
             if not gold or not pred:
@@ -364,6 +369,15 @@ def verify_math(prediction: str, gold: str, *, match_types: tuple[str, ...] = ("
     request = dict(pred=prediction, gold=gold, match_types=list(match_types),
                    float_rounding=int(float_rounding), strict=bool(strict),
                    allow_set_relation_comp=bool(allow_set_relation_comp))
+    return _get_pool().ask(request, DEFAULT_TIMEOUT if timeout is None else float(timeout))
+
+
+def math_parseable(text: str | None, *, timeout: float | None = None) -> bool | None:
+    """Does math-verify read `text` (as $text$) into a math object rather than only a raw string? The
+    test that a generated free-form key must pass (spec §2.4). None on timeout."""
+    if text is None or not str(text).strip():
+        return False
+    request = dict(op="parse", text=f"${_unwrap_dollars(str(text))}$", match_types=["latex", "expr"])
     return _get_pool().ask(request, DEFAULT_TIMEOUT if timeout is None else float(timeout))
 
 

@@ -191,6 +191,15 @@ def test_free_form_extraction():
         E.grade(["\\boxed{1}"], "1")
 
 
+def test_math_parseable_matches_math_verify_in_process():
+    from math_verify import parse
+    texts = ["1024", "\\frac{1}{2}", "(1, 2]", "x^2 + 1", "\\invalid{", "}{", "\\sqrt{"]
+    want = [any(not isinstance(x, str) for x in parse(f"${t}$")) for t in texts]  # main thread: signals ok
+    assert [E.math_parseable(t) for t in texts] == want
+    assert want[:4] == [True] * 4 and False in want
+    assert E.math_parseable("") is False and E.math_parseable(None) is False
+
+
 @needs_data
 def test_math500_reference_solutions_grade_correct():
     """An independent reference: every MATH-500 solution boxes its answer, so grading the solution against
