@@ -48,7 +48,7 @@ import torch.distributed as dist
 
 import dugrpo
 import influence
-from evaluate import LETTERS, grade, key_letter, math_equal, solver_messages
+from evaluate import LETTERS, grade, math_parseable, solver_messages
 from rollout import Rollouts, Sample, SamplingParams, make_rollouts
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def parse_question(response: str, doc_id: str, row: int, seed: int = 0, route: s
     if not key:
         return Question(qtext, choices, key, "", doc_id, qid, rejected="invalid_ground_truth")
     if choices is None:
-        if route != "free_form" or math_equal(key, key) is not True:   # key must parse as math
+        if route != "free_form" or math_parseable(key) is not True:   # spec §2.4: math-verify must parse it
             return Question(qtext, None, key, "", doc_id, qid, rejected="invalid_ground_truth")
         return Question(qtext, None, key, key, doc_id, qid)
     if key not in choices:                                    # then case- and whitespace-insensitive
