@@ -656,7 +656,7 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
     # 7. solver update: Dr.GRPO over non-constant question groups, stratified by document -------------------
     train = dev if cfg.dev_only else sol
     sstats = {}
-    if not cfg.fix_solver and train is not None and train.samples:
+    if not cfg.fix_solver and train is not None:
         roll_all = train.rollouts(pad_s)
         keep = dugrpo.varying_groups(roll_all.rewards, roll_all.group_ids)
         roll = roll_all.select(keep)
@@ -666,11 +666,9 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
         meta = sorted(x for part in gather_objects([(g, doc_of.get(g, "dev")) for g in groups]) for x in part)
         order = stratify_by_doc(meta)
         m["solver_groups_trained"] = len(order)
-        if order:
+        if order:                                        # global: every rank takes the same branch
             adv = dugrpo.group_advantages(roll.rewards, roll.group_ids, cfg.solver_normalization)
             sstats = ppo_update(solver, cfg, roll, adv, order, "solver")
-    else:
-        all_sum([0.0])                                   # keep ranks in step
     m.update({f"solver_{k}": v for k, v in sstats.items()})
     lens = [len(s.response_ids) for s in sol.samples]
     tl = all_sum([sum(lens), len(lens), sum(s.finish_reason == "length" for s in sol.samples)])

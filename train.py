@@ -560,6 +560,9 @@ def main(argv: list[str] | None = None) -> dict:
     if external is not None and not cfg.fix_generator:
         raise ConfigError("--question_source needs --fix_generator (its questions come from a frozen generator)")
     stream = infuser.DocumentStream(documents, cfg.seed)
+    if len(dev_items) < world or (documents and cfg.doc_batch_size < world):
+        raise ConfigError(f"every rank needs at least one dev question and one document per batch: got "
+                          f"{len(dev_items)} dev questions and --doc_batch_size={cfg.doc_batch_size} for {world} ranks")
 
     # ---- models: two copies of one anchor, each with its own AdamW --------------------------------
     shared: dict = {}
