@@ -356,6 +356,7 @@ class Graded:
     group_ids: list[int] = field(default_factory=list)       # global id of each sample's prompt
     correct: list[float] = field(default_factory=list)       # 1/0 (None counted as 0)
     rewards: list[float] = field(default_factory=list)       # correct (+ mid-EOS penalty)
+    grade_seconds: float = 0.0                                # time spent in grade() (timed apart)
 
     def rollouts(self, pad_id: int, rewards: list[float] | None = None) -> Rollouts:
         return make_rollouts(self.samples, self.group_ids, self.rewards if rewards is None else rewards, pad_id)
@@ -369,6 +370,7 @@ def solve(role: Role, cfg, items: list, gids: list[int], it: int, tag: str) -> G
     outs = role.sample(prompts, params, [seed_for(cfg.seed, it, tag, g) for g in gids])
     eos = role.tokenizer.eos_token_id
     out = Graded()
+    tick = time.perf_counter()
     for x, g, samples in zip(items, gids, outs):
         for s in samples:
             score = grade(s.text, x.answer, x.choices)
@@ -382,6 +384,7 @@ def solve(role: Role, cfg, items: list, gids: list[int], it: int, tag: str) -> G
             out.group_ids.append(g)
             out.correct.append(c)
             out.rewards.append(r)
+    out.grade_seconds = time.perf_counter() - tick
     return out
 
 
@@ -540,6 +543,7 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
         dev_groups = gather_objects(_varying_count(dev))
         m["dev_signal_groups"] = sum(dev_groups)
     lap("dev_rollout")
+    grading = dev.grade_seconds if dev is not None else 0.0
 
     # 2. question drafting ------------------------------------------------------------------------------
     gen_rows, questions = [], []           # gen_rows: (doc, k, Sample or None, Question)
@@ -584,6 +588,10 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
         m[f"reject_{r}"] = c
     sol = solve(solver, cfg, valid, vgids, it, "q") if valid or world > 1 else Graded()
     lap("solver_rollout")
+    grading += sol.grade_seconds           # grading is timed on its own: moved out of the rollout phases
+    times["dev_rollout"] -= dev.grade_seconds if dev is not None else 0.0
+    times["solver_rollout"] -= sol.grade_seconds
+    times["grading"] = grading
     acc_q = {}
     for g, c in zip(sol.group_ids, sol.correct):
         acc_q.setdefault(g, []).append(c)

@@ -84,6 +84,7 @@ class Config:
     data_dir: str = ""                   # where benchmark files live when dev/test name a benchmark
     dev_limit: int = 0
     test_samples: int = 4                # samples per test question (avg@k)
+    test_every: int = 0                  # also measure the test set every K iterations (0 = start and end only)
     question_source: str = ""            # JSONL of pre-generated questions (frozen external generator)
     # sizes (spec §1.3, §9)
     doc_batch_size: int = 128
@@ -126,10 +127,10 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     # the embedded default: toy.py's world and anchor (see README "The toy world")
-    "toy": dict(model="toy", documents="toy", dev="toy", test="toy", iterations=12, save_every=0,
+    "toy": dict(model="toy", documents="toy", dev="toy", test="toy", iterations=20, save_every=0, progress=False,
                 doc_batch_size=8, n_gen=4, n_solver=4, gen_max_new_tokens=96, solver_max_new_tokens=48,
                 max_prompt_tokens=512, solver_lr=2e-4, generator_lr=2e-4, ppo_minibatch_groups=16,
-                micro_batch=32, influence_chunk=16, test_samples=2),
+                micro_batch=32, influence_chunk=16, test_samples=2, test_every=5),
     # a seconds-long smoke run: random tiny Qwen3 + byte tokenizer on the bundled OpenStax / SuperGPQA samples
     "tiny": dict(model="tiny-random", documents="data/openstax_sample.jsonl", dev="data/supergpqa_dev_sample.jsonl",
                  test="", dev_limit=4, iterations=2, save_every=0, doc_batch_size=2, n_gen=2, n_solver=2,
@@ -484,7 +485,8 @@ class Logger:
               f" | dev acc {f('dev_acc')} | q solve {f('question_solve_rate')} | infl {f('influence_mean', '{:+.4f}')}"
               f" | gen R {f('gen_reward_mean', '{:+.4f}')} | {f('time_total', '{:.1f}')}s "
               f"(dev {f('time_dev_rollout', '{:.1f}')} gen {f('time_generation', '{:.1f}')} sol {f('time_solver_rollout', '{:.1f}')}"
-              f" inf {f('time_influence', '{:.1f}')} upd {f('time_generator_update', '{:.1f}')}+{f('time_solver_update', '{:.1f}')})"
+              f" grade {f('time_grading', '{:.1f}')} inf {f('time_influence', '{:.1f}')} upd {f('time_generator_update', '{:.1f}')}+{f('time_solver_update', '{:.1f}')})"
+              + (f" | test acc {m['test_acc']:.3f}" if m.get("test_acc") is not None else "")
               + (f" | {m['note']}" if m.get("note") else ""), flush=True)
 
     def questions(self, records: list[dict]):
@@ -532,8 +534,12 @@ def plot_curves(out_dir: str, history: list[dict], summary: dict) -> str | None:
         ax.set_xlabel("iteration")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    if summary.get("test_acc_end") is not None:
-        axes[0].axhline(summary["test_acc_end"], ls="--", c="gray", lw=1, label="test (end)")
+    test = ([(-1, summary["test_acc_start"])] if summary.get("test_acc_start") is not None else []) + \
+        [(m["iteration"], m["test_acc"]) for m in history if m.get("test_acc") is not None] + \
+        ([(its[-1], summary["test_acc_end"])] if summary.get("test_acc_end") is not None and its else [])
+    if test:                               # held-out test: before iteration 0 (x = -1), every K, after the last
+        axes[0].plot(*zip(*test), ls="--", marker="s", ms=4, c="gray", label="held-out test")
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(out_dir, "curves.png")
     fig.savefig(path, dpi=110)
@@ -599,10 +605,14 @@ def main(argv: list[str] | None = None) -> dict:
                                       external_questions=None if external is None else
                                       [q for q in external.get(it, [])][rank::world],
                                       log_questions=log.questions)
+        if test_items and cfg.test_every and (it + 1) % cfg.test_every == 0 and it < cfg.iterations - 1:
+            m["test_acc"] = test_accuracy(cfg, solver, test_items, "test")
         history.append(m)
-        log.metrics(m)
         if cfg.save_every and ((it + 1) % cfg.save_every == 0 or it == cfg.iterations - 1):
+            tick = time.perf_counter()
             save_checkpoint(cfg, it, roles, stream, {"history": history, "summary": summary})
+            m["time_checkpoint"] = time.perf_counter() - tick
+        log.metrics(m)
 
     if test_items:
         summary["test_acc_end"] = test_accuracy(cfg, solver, test_items, "test")
