@@ -338,9 +338,43 @@ def bench_rollout() -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
+# the loop
+
+LOOP_PHASES = ("dev_rollout", "generation", "solver_rollout", "grading", "influence", "rewards", "generator_update",
+               "solver_update", "checkpoint")
+
+
+def bench_loop() -> list[dict]:
+    """Iterations of the toy preset (train.main, the real loop, checkpoint every iteration) broken into the
+    phases that infuser.run_iteration times; iteration 0 (cold AdamW, first allocations) is reported apart
+    from the mean of the later ones. The share of each phase is of the iteration's total."""
+    import tempfile
+    import train
+    iters = int(os.environ.get("BENCH_LOOP_ITERATIONS", 4))
+    with tempfile.TemporaryDirectory() as out:
+        res = train.main(["--preset", "toy", f"--iterations={iters}", "--save_every=1", "--test=",
+                          "--progress=false", f"--out_dir={out}"])
+    hist = res["history"]
+    rows = []
+    for label, ms in (("iteration 0", hist[:1]), (f"mean of iterations 1-{iters - 1}", hist[1:])):
+        if not ms:
+            continue
+        t = {ph: sum(m.get(f"time_{ph}", 0.0) for m in ms) / len(ms) for ph in LOOP_PHASES}
+        total = sum(t.values())
+        row = {"iterations": label, "total_s": round(total, 2)}
+        for ph in LOOP_PHASES:
+            row[f"{ph}_s"] = round(t[ph], 2)
+        row["influence_share"] = f"{100 * t['influence'] / total:.1f}%"
+        row["largest_phase"] = max(LOOP_PHASES, key=t.get)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 # Dispatcher
 
-BENCHES = {"influence": bench_influence, "solver_update": bench_solver_update, "rollout": bench_rollout}
+BENCHES = {"influence": bench_influence, "solver_update": bench_solver_update, "rollout": bench_rollout,
+           "loop": bench_loop}
 
 
 def _print_table(name: str, rows: list[dict]) -> None:
