@@ -126,6 +126,19 @@ def question_kinds(rows: list[dict]) -> dict:
             "useful_share": sum(bool(k["key_correct"]) for k in on) / n if n else None}
 
 
+def trained_mix(rows: list[dict]) -> dict:
+    """What the solver actually trained on: of the valid questions whose answers had reward variance
+    (0 < solve rate < 1, the groups the Dr.GRPO update keeps), the shares of each kind."""
+    import toy
+    kept = [q for q in rows if q["status"] == "valid" and q.get("solver_acc") not in (None, 0.0, 1.0)]
+    kinds = [toy.classify_question(q["question"], q["choices"], q["ground_truth"]) for q in kept]
+    n = max(1, len(kinds))
+    return {"groups": len(kinds),
+            "correct_key": sum(bool(k["on_target"] and k["key_correct"]) for k in kinds) / n,
+            "wrong_key": sum(bool(k["on_target"] and not k["key_correct"]) for k in kinds) / n,
+            "off_target": sum(not k["on_target"] for k in kinds) / n}
+
+
 def report(names: list[str], seeds: list[int], out: Path) -> dict:
     import toy
     res: dict = {"variants": {}}
@@ -154,6 +167,7 @@ def report(names: list[str], seeds: list[int], out: Path) -> dict:
                                       | {"kind": toy.classify_question(q["question"], q["choices"], q["ground_truth"])}
                                       for q in qs if q["iteration"] == its[-1] and q["status"] == "valid"][:6]
                          if qs else [],
+                         "trained_mix": trained_mix(qs) if qs else None,
                          "scored": [(q["influence"], toy.classify_question(q["question"], q["choices"],
                                                                            q["ground_truth"]))
                                     for q in qs if q["status"] == "valid" and q.get("influence")
@@ -172,6 +186,7 @@ def report(names: list[str], seeds: list[int], out: Path) -> dict:
                 for k in ("valid_rate", "on_target_share", "wrong_key_share", "useful_share"):
                     v[f"{part}5_{k}"] = [r[part][k] for r in runs]
             v["examples"] = runs[0]["examples"]
+            v["trained_mix"] = [r["trained_mix"] for r in runs]
         if name in INFLUENCE_VARIANTS:
             x, y = [], []
             for r in runs:
@@ -190,6 +205,15 @@ def report(names: list[str], seeds: list[int], out: Path) -> dict:
                                           "positive_share": sum(x > 0 for x in s) / len(s)}
                                       for k, s in sorted(by_kind.items())}
         res["variants"][name] = v
+    # across all runs with a generator: does the mix the solver trained on explain its test gain?
+    x, y = [], []
+    for v in res["variants"].values():
+        for mix, a, b in zip(v.get("trained_mix", []), v["test_start"], v["test_end"]):
+            x.append(mix["correct_key"] - mix["wrong_key"])
+            y.append(b - a)
+    if len(x) > 2:
+        res["test_gain_vs_trained_mix"] = {"n": len(x), "pearson": _pearson(x, y),
+                                           "spearman": _pearson(_ranks(x), _ranks(y))}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     (out / "results.md").write_text(markdown(res))
@@ -214,6 +238,18 @@ def markdown(res: dict) -> str:
         cells = [f"{mean(v['first5_' + k]):.2f} → {mean(v['last5_' + k]):.2f}"
                  for k in ("valid_rate", "on_target_share", "wrong_key_share", "useful_share")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "What the solver trained on (valid questions with reward variance, all iterations; mean over seeds):", "",
+              "| variant | groups per run | on target, correct key | on target, WRONG key | off target |", "|---|---|---|---|---|"]
+    for name, v in V.items():
+        if "trained_mix" not in v:
+            continue
+        tm = v["trained_mix"]
+        lines.append(f"| {name} | {statistics.mean(m['groups'] for m in tm):.0f} | " + " | ".join(
+            f"{statistics.mean(m[k] for m in tm):.2f}" for k in ("correct_key", "wrong_key", "off_target")) + " |")
+    if "test_gain_vs_trained_mix" in res:
+        c = res["test_gain_vs_trained_mix"]
+        lines += ["", f"Across the {c['n']} runs with a generator, the test gain against (correct-key share − "
+                      f"wrong-key share) of the trained groups: Pearson {c['pearson']:+.2f}, Spearman {c['spearman']:+.2f}."]
     lines += ["", "Influence as a predictor (pooled over seeds):", "",
               "| variant | corr(mean influence at t, dev acc change t→t+1): Pearson / Spearman (n) | mean score: correct key / wrong key / off target |",
               "|---|---|---|"]
