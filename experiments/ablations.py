@@ -1,6 +1,6 @@
 """experiments/ablations.py -- the paper's comparison on the toy world, with seeds (README "Evidence").
 
-    python experiments/ablations.py                  # 7 variants x 3 seeds, then the report (~15 min, 2 cores)
+    python experiments/ablations.py                  # 7 variants x 3 seeds x {20, 60} iterations (~45 min, 2 cores)
     python experiments/ablations.py --report-only    # redo the report from finished runs
     python experiments/ablations.py --only infuser,spice --seeds 1 2
 
@@ -9,7 +9,8 @@ variant gets the same solver budget: the same iterations, documents per iteratio
 answers per question (the dev-only reference trains on the 64 dev questions instead). Finished runs (a
 summary.json in their directory) are not run again, so an interrupted sweep continues where it stopped.
 
-The report (runs/ablations/results.md + results.json + ablations.png) gives
+Each horizon is a whole comparison: runs/ablations/it<N>/<variant>/seed<S>/. Its report
+(runs/ablations/it<N>/results.md + results.json + ablations.png) gives
   * held-out TEST accuracy (the test set is disjoint from the dev set the influence score sees) at the end,
     mean +- std over seeds, and its curve (measured every 5 iterations);
   * generator diagnostics from questions.jsonl, classified by toy.classify_question: valid-question rate,
@@ -299,7 +300,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="", help="comma-separated variants (default: all of " + ", ".join(VARIANTS) + ")")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--iterations", type=int, nargs="+", default=[20, 60],
+                   help="training horizons; each is a full comparison in OUT/it<N>/")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (threads are split between them)")
     p.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
     p.add_argument("--report-only", action="store_true")
@@ -308,12 +310,14 @@ def main(argv=None):
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    out = Path(args.out)
-    if not args.report_only:
-        sweep(names, args.seeds, out, args.iterations, args.jobs)
-    res = report(names, args.seeds, out)
-    print(markdown(res))
-    print(f"-> {out / 'results.md'}, {out / 'results.json'}, {out / 'ablations.png'}")
+    for iterations in args.iterations:
+        out = Path(args.out) / f"it{iterations}"
+        print(f"== {iterations} iterations -> {out}", flush=True)
+        if not args.report_only:
+            sweep(names, args.seeds, out, iterations, args.jobs)
+        res = report(names, args.seeds, out)
+        print(markdown(res))
+        print(f"-> {out / 'results.md'}, {out / 'results.json'}, {out / 'ablations.png'}", flush=True)
 
 
 if __name__ == "__main__":
