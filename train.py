@@ -625,6 +625,7 @@ def main(argv: list[str] | None = None) -> dict:
         line = " | ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float))
         print0(f"summary: {line} | curves: {summary.get('plot')}")
     if dist.is_initialized():
+        dist.barrier()                     # rank 0 may still be writing; no rank tears gloo down early
         dist.destroy_process_group()
     return {"summary": summary, "history": history, "config": asdict(cfg)}
 

@@ -41,6 +41,7 @@ def main(out_path, mode, tied):
         pairs = {int(k): v for part in allpairs for k, v in part}
         with open(out_path, "w") as f:
             json.dump({"scores": pairs, "unchanged": unchanged, "grads_none": grads_none}, f)
+    dist.barrier()                              # no rank tears gloo down while another still works
     dist.destroy_process_group()
 
 
