@@ -386,6 +386,7 @@ def _fsdp_worker(rank, world, port, out):
     torch.save({"got": got, "local": local, "samples": samples, "lp": lp.detach(),
                 "resharded": all(v.to_local().numel() == local[k] for k, v in model.state_dict().items())},
                f"{out}.{rank}")
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
