@@ -543,7 +543,6 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
         dev_groups = gather_objects(_varying_count(dev))
         m["dev_signal_groups"] = sum(dev_groups)
     lap("dev_rollout")
-    grading = dev.grade_seconds if dev is not None else 0.0
 
     # 2. question drafting ------------------------------------------------------------------------------
     gen_rows, questions = [], []           # gen_rows: (doc, k, Sample or None, Question)
@@ -588,10 +587,10 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
         m[f"reject_{r}"] = c
     sol = solve(solver, cfg, valid, vgids, it, "q") if valid or world > 1 else Graded()
     lap("solver_rollout")
-    grading += sol.grade_seconds           # grading is timed on its own: moved out of the rollout phases
-    times["dev_rollout"] -= dev.grade_seconds if dev is not None else 0.0
+    dev_grade = dev.grade_seconds if dev is not None else 0.0
+    times["dev_rollout"] -= dev_grade      # grading is timed on its own: moved out of the rollout phases
     times["solver_rollout"] -= sol.grade_seconds
-    times["grading"] = grading
+    times["grading"] = dev_grade + sol.grade_seconds
     acc_q = {}
     for g, c in zip(sol.group_ids, sol.correct):
         acc_q.setdefault(g, []).append(c)
