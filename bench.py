@@ -21,7 +21,8 @@ bench_solver_update: one solver PPO update (forward, loss, backward, grad clip, 
 64 rollouts (8 questions x 8, prompt 32 + response <= 96 tokens, micro-batches of 16) of the same ~4.2M
 tiny Qwen3: ours (dugrpo.token_logprobs + dugrpo.policy_loss) against TRL's GRPOTrainer.compute_loss with
 matched settings: loss_type dr_grpo, beta 0 (no KL, no reference model), clip 0.2/0.2, temperature 0.7,
-one iteration (on-policy: ratio 1), no gradient checkpointing, fp32, the same AdamW and clipping. TRL is
+one iteration (on-policy: ratio 1), no gradient checkpointing, fp32 (bf16=False: TRL's default is bf16
+autocast, which on this CPU ran its step 1.8x faster and is not the same work), the same AdamW and clipping. TRL is
 imported from BENCH_TRL_PATH (e.g. `pip install --no-deps --target /work/trl-pkg trl==1.16.0`); it is never
 a dependency of this project. Reported as response tokens per second and their ratio.
 
@@ -143,14 +144,20 @@ def _influence_worker(method: str, model_kind: str, q: int, repeats: int, conn) 
            "loop": lambda: official_loop_scores(model, opt, dev, gen),
            "floor": floor}[method]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scores, best, best_cpu = None, float("inf"), float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        scores = run()
-        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, _cpu_seconds() - c0)
+    scores, best, best_cpu = _best_of(run, repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     conn.send({"seconds": best, "cpu_seconds": best_cpu, "peak_mb": (peak - base) / 1024,
                "scores": None if scores is None else scores.tolist()})
+
+
+def _best_of(fn, repeats: int):
+    """(last result, best wall seconds, best CPU seconds) of `repeats` timed calls of fn()."""
+    out, best, best_cpu = None, float("inf"), float("inf")
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        out = fn()
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, _cpu_seconds() - c0)
+    return out, best, best_cpu
 
 
 def _cpu_seconds() -> float:
@@ -240,10 +247,13 @@ def _solver_update_worker(impl: str, repeats: int, conn) -> None:
         args = GRPOConfig(output_dir=str(OUT_DIR / "trl_tmp"), loss_type="dr_grpo", beta=0.0, num_generations=8,
                           per_device_train_batch_size=micro, gradient_accumulation_steps=len(r) // micro,
                           max_completion_length=128 - plen, temperature=0.7, epsilon=0.2, num_iterations=1,
-                          gradient_checkpointing=False, report_to=[], use_cpu=True, save_strategy="no")
+                          gradient_checkpointing=False, report_to=[], use_cpu=True, save_strategy="no",
+                          bf16=False)      # TRL defaults to bf16 autocast; ours runs fp32
         trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **k: [0.0] * len(completions)],
                               args=args, train_dataset=Dataset.from_dict({"prompt": ["x"] * 8}),
                               processing_class=tok)
+        if trainer.accelerator.mixed_precision != "no":     # would run TRL's matmuls in bf16: not matched
+            raise RuntimeError(f"TRL runs under {trainer.accelerator.mixed_precision} autocast; the bench is fp32")
         model.train()
         trainer.current_gradient_accumulation_steps = len(r) // micro     # as TRL's training loop sets it
 
@@ -259,11 +269,7 @@ def _solver_update_worker(impl: str, repeats: int, conn) -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
     step()                                                   # warm-up
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        step()
-        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, _cpu_seconds() - c0)
+    _, best, best_cpu = _best_of(step, repeats)
     conn.send({"seconds": best, "cpu_seconds": best_cpu, "tokens": tokens})
 
 
