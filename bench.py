@@ -353,26 +353,54 @@ LOOP_PHASES = ("dev_rollout", "generation", "solver_rollout", "grading", "influe
 def bench_loop() -> list[dict]:
     """Iterations of the toy preset (train.main, the real loop, checkpoint every iteration) broken into the
     phases that infuser.run_iteration times; iteration 0 (cold AdamW, first allocations) is reported apart
-    from the mean of the later ones. The share of each phase is of the iteration's total."""
+    from the mean of the later ones. The share of each phase is of the iteration's total. The influence
+    phase is split into its dev gradient (one forward+backward over the dev rollouts, timed by wrapping
+    influence.dev_gradient) and the per-question pass.
+
+    Two workloads: the toy preset as shipped (64 dev questions x 4 rollouts = 256 dev rollouts against
+    32 generator samples, <= 128 question rollouts), and the toy world at the paper's proportions
+    (spec §1.3: 6,400 dev rollouts : 1,024 generator samples x 8 = 8,192 question rollouts), i.e.
+    doc_batch_size 20 -> 80 generator samples, <= 320 question rollouts against the same 256 dev rollouts."""
     import tempfile
+    import influence
     import train
     iters = int(os.environ.get("BENCH_LOOP_ITERATIONS", 4))
-    with tempfile.TemporaryDirectory() as out:
-        res = train.main(["--preset", "toy", f"--iterations={iters}", "--save_every=1", "--test=",
-                          "--progress=false", f"--out_dir={out}"])
-    hist = res["history"]
+    dev_seconds = []
+    plain = influence.dev_gradient
+
+    def timed_dev_gradient(*a, **k):
+        t0 = time.perf_counter()
+        out = plain(*a, **k)
+        dev_seconds.append(time.perf_counter() - t0)
+        return out
+
     rows = []
-    for label, ms in (("iteration 0", hist[:1]), (f"mean of iterations 1-{iters - 1}", hist[1:])):
-        if not ms:
-            continue
-        t = {ph: sum(m.get(f"time_{ph}", 0.0) for m in ms) / len(ms) for ph in LOOP_PHASES}
-        total = sum(t.values())
-        row = {"iterations": label, "total_s": round(total, 2)}
-        for ph in LOOP_PHASES:
-            row[f"{ph}_s"] = round(t[ph], 2)
-        row["influence_share"] = f"{100 * t['influence'] / total:.1f}%"
-        row["largest_phase"] = max(LOOP_PHASES, key=t.get)
-        rows.append(row)
+    influence.dev_gradient = timed_dev_gradient
+    try:
+        for workload, extra in (("toy preset", []), ("toy, paper proportions", ["--doc_batch_size=20"])):
+            dev_seconds.clear()
+            with tempfile.TemporaryDirectory() as out:
+                res = train.main(["--preset", "toy", f"--iterations={iters}", "--save_every=1", "--test=",
+                                  "--progress=false", f"--out_dir={out}", *extra])
+            hist = res["history"]
+            for label, sl in (("iteration 0", slice(0, 1)), (f"mean of 1-{iters - 1}", slice(1, iters))):
+                ms, devs = hist[sl], dev_seconds[sl]
+                if not ms:
+                    continue
+                t = {ph: sum(m.get(f"time_{ph}", 0.0) for m in ms) / len(ms) for ph in LOOP_PHASES}
+                total = sum(t.values())
+                dev_s = sum(devs) / max(len(devs), 1)
+                row = {"workload": workload, "iterations": label, "valid_questions": round(
+                    sum(m.get("valid", 0) for m in ms) / len(ms), 1), "total_s": round(total, 2)}
+                for ph in LOOP_PHASES:
+                    row[f"{ph}_s"] = round(t[ph], 2)
+                row["influence_dev_gradient_s"] = round(dev_s, 2)
+                row["influence_per_question_s"] = round(t["influence"] - dev_s, 2)
+                row["influence_share"] = f"{100 * t['influence'] / total:.1f}%"
+                row["largest_phase"] = max(LOOP_PHASES, key=t.get)
+                rows.append(row)
+    finally:
+        influence.dev_gradient = plain
     return rows
 
 

@@ -249,8 +249,9 @@ def build_model(spec: str, cfg: Config):
     """(model, tokenizer, path for vLLM or None) from a model spec."""
     if spec == "toy":
         import toy
-        model, tok = toy.load_anchor()
-        return model, tok, toy.anchor_path() if hasattr(toy, "anchor_path") else None
+        path = toy.anchor_path()          # shipped, cached, or pretrained now (toy.py)
+        model, tok = load_model(path)     # fp32, as toy.load_anchor
+        return model, tok, path
     if spec == "tiny-random":
         tok = byte_tokenizer()
         model = tiny_qwen3(vocab_size=len(tok), seed=cfg.seed)
