@@ -21,8 +21,10 @@ bench_solver_update: one solver PPO update (forward, loss, backward, grad clip, 
 64 rollouts (8 questions x 8, prompt 32 + response <= 96 tokens, micro-batches of 16) of the same ~4.2M
 tiny Qwen3: ours (dugrpo.token_logprobs + dugrpo.policy_loss) against TRL's GRPOTrainer.compute_loss with
 matched settings: loss_type dr_grpo, beta 0 (no KL, no reference model), clip 0.2/0.2, temperature 0.7,
-one iteration (on-policy: ratio 1), no gradient checkpointing, fp32 (bf16=False: TRL's default is bf16
-autocast, which on this CPU ran its step 1.8x faster and is not the same work), the same AdamW and clipping. TRL is
+one iteration (on-policy: ratio 1), no gradient checkpointing, the same AdamW and clipping, at two matched
+precisions: fp32 (TRL with bf16=False -- its default is bf16 autocast, not the same work as fp32), and bf16
+autocast on both sides (TRL's accelerator autocast; ours torch.autocast around the forward, as train.py does
+for compute_dtype=bfloat16 on one device). TRL is
 imported from BENCH_TRL_PATH (e.g. `pip install --no-deps --target /work/trl-pkg trl==1.16.0`); it is never
 a dependency of this project. Reported as response tokens per second and their ratio.
 
@@ -207,7 +209,7 @@ def bench_influence() -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # one solver update vs TRL
 
-def _solver_update_worker(impl: str, repeats: int, conn) -> None:
+def _solver_update_worker(impl: str, precision: str, repeats: int, conn) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
     import dugrpo
     import rollout
@@ -224,10 +226,13 @@ def _solver_update_worker(impl: str, repeats: int, conn) -> None:
     if impl == "ours":
         norm = dugrpo.token_mean_normaliser(r.response_mask, len(r))
 
+        amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")  # as train.py
+
         def step():
             for i in range(0, len(r), micro):
                 mb = r.select(torch.arange(i, i + micro))
-                lp = dugrpo.token_logprobs(model, mb.input_ids, mb.attention_mask, 0.7, mb.response_mask)
+                with amp():
+                    lp = dugrpo.token_logprobs(model, mb.input_ids, mb.attention_mask, 0.7, mb.response_mask)
                 loss, _ = dugrpo.policy_loss(lp, lp.detach(), adv[i:i + micro], mb.response_mask, norm)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -248,12 +253,12 @@ def _solver_update_worker(impl: str, repeats: int, conn) -> None:
                           per_device_train_batch_size=micro, gradient_accumulation_steps=len(r) // micro,
                           max_completion_length=128 - plen, temperature=0.7, epsilon=0.2, num_iterations=1,
                           gradient_checkpointing=False, report_to=[], use_cpu=True, save_strategy="no",
-                          bf16=False)      # TRL defaults to bf16 autocast; ours runs fp32
+                          bf16=precision == "bf16")     # TRL's default is bf16 autocast
         trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **k: [0.0] * len(completions)],
                               args=args, train_dataset=Dataset.from_dict({"prompt": ["x"] * 8}),
                               processing_class=tok)
-        if trainer.accelerator.mixed_precision != "no":     # would run TRL's matmuls in bf16: not matched
-            raise RuntimeError(f"TRL runs under {trainer.accelerator.mixed_precision} autocast; the bench is fp32")
+        if trainer.accelerator.mixed_precision != {"fp32": "no", "bf16": "bf16"}[precision]:
+            raise RuntimeError(f"TRL runs under {trainer.accelerator.mixed_precision!r}, not {precision}")
         model.train()
         trainer.current_gradient_accumulation_steps = len(r) // micro     # as TRL's training loop sets it
 
@@ -274,17 +279,21 @@ def _solver_update_worker(impl: str, repeats: int, conn) -> None:
 
 
 def bench_solver_update() -> list[dict]:
-    ours = _in_process(_solver_update_worker, "ours", 3)
-    trl = _in_process(_solver_update_worker, "trl", 3)
-    row = {"rollouts": 64, "response_tokens": ours["tokens"], "ours_cpu_s": round(ours["cpu_seconds"], 2),
-           "ours_tok_per_cpu_s": round(ours["tokens"] / ours["cpu_seconds"]), "ours_wall_s": round(ours["seconds"], 2)}
-    if trl is None:
-        row["note"] = "TRL not importable: set BENCH_TRL_PATH (see the docstring)"
-    else:
-        row.update(trl_cpu_s=round(trl["cpu_seconds"], 2), trl_tok_per_cpu_s=round(trl["tokens"] / trl["cpu_seconds"]),
-                   trl_wall_s=round(trl["seconds"], 2),
-                   **{"ours/trl tokens/s": round(trl["cpu_seconds"] / ours["cpu_seconds"], 2)})
-    return [row]
+    rows = []
+    for precision in ("fp32", "bf16"):
+        ours = _in_process(_solver_update_worker, "ours", precision, 3)
+        trl = _in_process(_solver_update_worker, "trl", precision, 3)
+        row = {"precision": precision, "rollouts": 64, "response_tokens": ours["tokens"],
+               "ours_cpu_s": round(ours["cpu_seconds"], 2),
+               "ours_tok_per_cpu_s": round(ours["tokens"] / ours["cpu_seconds"]), "ours_wall_s": round(ours["seconds"], 2)}
+        if trl is None:
+            row["note"] = "TRL not importable: set BENCH_TRL_PATH (see the docstring)"
+        else:
+            row.update(trl_cpu_s=round(trl["cpu_seconds"], 2),
+                       trl_tok_per_cpu_s=round(trl["tokens"] / trl["cpu_seconds"]), trl_wall_s=round(trl["seconds"], 2),
+                       **{"ours/trl tokens/s": round(trl["cpu_seconds"] / ours["cpu_seconds"], 2)})
+        rows.append(row)
+    return rows
 
 
 def bench_rollout() -> list[dict]:
