@@ -17,6 +17,11 @@ the AdamW state is warm (two real steps) and scores must agree with the loop. Bo
 (in cosine units) and the relative one (to the largest score) are reported: fp32 scores near 0 are sums of
 many cancelling terms, so their relative error grows; in float64 the two agree to ~1e-8 on SmolLM2.
 
+bench_influence_fsdp: the same comparison in the paper's distributed layout, under torchrun (2 ranks,
+FSDP2 on gloo, Q = 16 and 64): the official loop spreads each question's rollouts over the ranks and runs
+one FSDP backward per question (a full gradient reduce-scatter per question), ours lets each rank score
+its own questions. Wall time of one warm call and the ranks' summed CPU time; scores must agree.
+
 bench_solver_update: one solver PPO update (forward, loss, backward, grad clip, AdamW step) on the same
 64 rollouts (8 questions x 8, prompt 32 + response <= 96 tokens, micro-batches of 16) of the same ~4.2M
 tiny Qwen3: ours (dugrpo.token_logprobs + dugrpo.policy_loss) against TRL's GRPOTrainer.compute_loss with
@@ -65,7 +70,7 @@ def _timed_generate(engine, prompts, params, repeats: int = 1) -> dict:
 # ----------------------------------------------------------------------------------------------
 # influence
 
-def _influence_setup(model_kind: str, q: int):
+def _influence_setup(model_kind: str, q: int, shard=None):
     """(model, warm AdamW, dev rollouts, generated rollouts): seeded, identical in every process."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
     import rollout
@@ -83,6 +88,8 @@ def _influence_setup(model_kind: str, q: int):
         vocab, t, plen = model.config.vocab_size, 64, 16
     dev = fake_rollouts(16, 8, t, vocab, 1, plen=plen)
     gen = fake_rollouts(q, 8, t, vocab, 2, plen=plen)
+    if shard is not None:                                 # e.g. FSDP2's fully_shard, before the optimizer
+        shard(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     import dugrpo
     for _ in range(2):                                    # a warm optimizer state, as in every iteration > 0
@@ -203,6 +210,112 @@ def bench_influence() -> list[dict]:
                      "ours_peak_mb": round(res["ours"]["peak_mb"]), "loop_peak_mb": round(res["loop"]["peak_mb"]),
                      "floor_peak_mb": round(res["floor"]["peak_mb"]), "max_abs_diff": f"{diff:.1e}",
                      "max_rel_diff": f"{rel:.1e}", "max_abs_score": f"{loop.abs().max().item():.1e}"})
+    return rows
+
+
+def official_fsdp_loop_scores(model, opt, dev, gen, temperature=0.7, tis_cap=2.0):
+    """The paper's distributed layout (spec §4.6): every question's rollouts are split over the ranks and
+    ONE FSDP backward per question sums them (the reduce-scatter of a full gradient per question); each rank
+    then preconditions its gradient shard, and the partial <gamma, m> and ||gamma||^2 of all ranks are
+    summed by one all_reduce. dev, gen: the full rollouts (the same on every rank). Scores of all questions."""
+    import torch.distributed as dist
+    import influence
+    from dugrpo import varying_groups
+    from dugrpo import group_advantages, tis_weights, token_logprobs
+    rank, world = dist.get_rank(), dist.get_world_size()
+    d = dev.select(torch.isin(dev.group_ids, torch.unique(dev.group_ids)[rank::world]))   # whole dev groups
+    m = influence.dev_gradient(model, d, temperature, tis_cap)                     # local shards of m
+    m_norm2 = sum(influence._local(x).double().pow(2).sum() for x in m.values()).reshape(1)
+    m_norm = influence._all_reduce(m_norm2).sqrt()
+    kept = gen.select(varying_groups(gen.rewards, gen.group_ids))
+    l_gen = kept.response_mask.sum().item() / len(kept)
+    uniq = torch.unique(gen.group_ids)
+    scores = torch.zeros(len(uniq))
+    for qi, g in enumerate(uniq.tolist()):
+        rows = (kept.group_ids == g).nonzero().squeeze(-1)
+        if len(rows) == 0:
+            continue
+        n_q, r = len(rows), kept.select(rows)
+        adv = group_advantages(r.rewards, r.group_ids, "none")[rank::world]    # over the whole group
+        r = r.select(torch.arange(rank, n_q, world))                           # this rank's rollouts of q
+        model.zero_grad(set_to_none=True)
+        lp = token_logprobs(model, r.input_ids, r.attention_mask, temperature, r.response_mask)
+        w = tis_weights(lp.detach(), r.sampler_logprobs, tis_cap)
+        # FSDP2 averages over ranks: scale by the world size so the shards hold the sum over the rollouts
+        (-(world / (n_q * l_gen)) * (adv * (w * r.response_mask * lp).sum(-1)).sum()).backward()
+        part = torch.zeros(2, dtype=torch.float64)
+        for name, p in model.named_parameters():
+            v, step, b2, eps = influence.adamw_state(opt, p)
+            gam = influence.precondition(influence._local(p.grad), None if v is None else influence._local(v),
+                                         step, b2, eps)
+            part += torch.stack([(gam * influence._local(m[name])).sum(), (gam * gam).sum()]).double()
+        dist.all_reduce(part)
+        scores[qi] = part[0] / (part[1].sqrt().clamp(min=1e-12) * m_norm.clamp(min=1e-12))
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+def _influence_fsdp_worker(method: str, q: int, out_path: str) -> None:
+    """Run by bench_influence_fsdp under torchrun: tiny Qwen3 under FSDP2 (gloo), warm AdamW, then one
+    timed scoring by `method` (ours: each rank scores its own questions; loop: the paper's layout)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    import influence
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model, opt, dev, gen = _influence_setup("tiny", q, shard=lambda mdl: ([fully_shard(l) for l in mdl.model.layers],
+                                                                         fully_shard(mdl)))
+    if method == "ours":
+        mine = lambda r: r.select(torch.isin(r.group_ids, torch.unique(r.group_ids)[rank::world]))
+        d, g = mine(dev), mine(gen)                 # whole groups per rank, as train.py lays them out
+
+        def run():
+            s = influence.influence_scores(model, opt, d, g, chunk_questions=8)
+            pairs = [None] * world
+            dist.all_gather_object(pairs, list(zip(torch.unique(g.group_ids).tolist(), s.tolist())))
+            got = dict(p for part in pairs for p in part)
+            return torch.tensor([got[k] for k in sorted(got)])
+    else:
+        run = lambda: official_fsdp_loop_scores(model, opt, dev, gen)
+    run()                                                                  # warm-up (allocations)
+    dist.barrier()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    scores = run()
+    dist.barrier()
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    cpus = [None] * world
+    dist.all_gather_object(cpus, cpu)
+    if rank == 0:
+        Path(out_path).write_text(json.dumps({"seconds": wall, "cpu_seconds": sum(cpus), "scores": scores.tolist()}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def bench_influence_fsdp() -> list[dict]:
+    """Ours against the paper's distributed per-question loop, 2 ranks, FSDP2 on gloo (torchrun), tiny
+    Qwen3, Q = 16 and 64 questions x 8 rollouts x 128 tokens; wall time of one warm call (both ranks
+    busy, one core each) and the summed CPU time of the ranks."""
+    import subprocess
+    import tempfile
+    rows = []
+    for q in (16, 64):
+        res = {}
+        for method in ("ours", "loop"):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "r.json"
+                env = dict(os.environ, OMP_NUM_THREADS="1")
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       __file__, "--fsdp-worker", method, str(q), str(out)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"bench influence_fsdp {method} Q={q} failed:\n{proc.stderr[-2000:]}")
+                res[method] = json.loads(out.read_text())
+        ours, loop = (torch.tensor(res[m]["scores"]) for m in ("ours", "loop"))
+        rows.append({"ranks": 2, "Q": q, "rollouts": q * 8, "ours_wall_s": round(res["ours"]["seconds"], 1),
+                     "loop_wall_s": round(res["loop"]["seconds"], 1),
+                     "loop/ours wall": round(res["loop"]["seconds"] / res["ours"]["seconds"], 2),
+                     "loop/ours cpu": round(res["loop"]["cpu_seconds"] / res["ours"]["cpu_seconds"], 2),
+                     "max_abs_diff": f"{(ours - loop).abs().max().item():.1e}"})
     return rows
 
 
@@ -416,7 +529,8 @@ def bench_loop() -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Dispatcher
 
-BENCHES = {"influence": bench_influence, "solver_update": bench_solver_update, "rollout": bench_rollout,
+BENCHES = {"influence": bench_influence, "influence_fsdp": bench_influence_fsdp, "solver_update": bench_solver_update,
+           "rollout": bench_rollout,
            "loop": bench_loop}
 
 
@@ -448,4 +562,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--fsdp-worker"]:                 # bench_influence_fsdp's torchrun ranks
+        _influence_fsdp_worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main(sys.argv[1:])

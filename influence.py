@@ -331,7 +331,8 @@ def influence_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_
                      dev_micro_batch: int = 64) -> torch.Tensor:
     """One influence score per group of `gen` (ascending group id), spec §4.
 
-    dev, gen: Rollouts of the solver (this rank's share) with rewards in {0, 1} (None already mapped to
+    dev, gen: Rollouts of the solver (this rank's share, whole groups: a question's rollouts on one rank,
+    since advantages are formed per group) with rewards in {0, 1} (None already mapped to
     0). optimizer: the solver's live AdamW (its exp_avg_sq, step, beta2 and eps are read, never changed).
     Zero-variance gen groups score 0; all scores are 0 when no dev group has reward variance. Parameters,
     their .grad and the optimizer state are left exactly as they were. chunk_questions bounds memory:
