@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 OUT_DIR = Path(__file__).resolve().parent / "runs" / "bench"
 
@@ -101,12 +102,18 @@ def _influence_setup(model_kind: str, q: int, shard=None):
 
 
 def official_loop_scores(model, opt, dev, gen, temperature=0.7, tis_cap=2.0):
-    """The paper's computation (spec §4.7): dev gradient, then per question zero grads, one backward of its
-    rollouts, precondition every parameter's .grad with the live AdamW state, reduce. fp32 throughout."""
+    """The paper's computation (spec §4.6-4.7): the dev gradient m, then for every question zero the grads,
+    run ONE backward over its rollouts, precondition every parameter's .grad with the live AdamW state and
+    reduce to <gamma, m> and ||gamma||^2. fp32 throughout. Under torchrun (FSDP2) it runs the paper's
+    layout: each question's rollouts are split over the ranks, so every question costs one FSDP backward
+    (a full gradient reduce-scatter); each rank reduces its gradient shard and one all_reduce sums the two
+    partial scalars. dev, gen: the full rollouts (the same on every rank). Scores of all questions."""
     import influence
-    from dugrpo import varying_groups
-    m = influence.dev_gradient(model, dev, temperature, tis_cap)
-    m_norm = torch.sqrt(sum((x * x).sum() for x in m.values()))
+    from dugrpo import group_advantages, tis_weights, token_logprobs, varying_groups
+    rank, world = (dist.get_rank(), dist.get_world_size()) if influence._world() > 1 else (0, 1)
+    d = dev.select(torch.isin(dev.group_ids, torch.unique(dev.group_ids)[rank::world]))   # whole dev groups
+    m = influence.dev_gradient(model, d, temperature, tis_cap)                     # (local shards of) m
+    m_norm = influence._all_reduce(sum(influence._local(x).double().pow(2).sum() for x in m.values())).sqrt()
     kept = gen.select(varying_groups(gen.rewards, gen.group_ids))
     l_gen = kept.response_mask.sum().item() / len(kept)
     uniq = torch.unique(gen.group_ids)
@@ -115,16 +122,22 @@ def official_loop_scores(model, opt, dev, gen, temperature=0.7, tis_cap=2.0):
         rows = (kept.group_ids == g).nonzero().squeeze(-1)
         if len(rows) == 0:
             continue
-        r = kept.select(rows)
+        n_q, r = len(rows), kept.select(rows)
+        adv = group_advantages(r.rewards, r.group_ids, "none")[rank::world]    # over the whole group
+        r = r.select(torch.arange(rank, n_q, world))                           # this rank's rollouts of q
         model.zero_grad(set_to_none=True)
-        influence.pg_surrogate(model, r, temperature, tis_cap, torch.full((len(r),), 1.0 / (len(r) * l_gen))).backward()
-        dot, nrm = 0.0, 0.0
+        lp = token_logprobs(model, r.input_ids, r.attention_mask, temperature, r.response_mask)
+        w = tis_weights(lp.detach(), r.sampler_logprobs, tis_cap)
+        # FSDP2 averages over ranks: scale by the world size so the shards hold the sum over the rollouts
+        (-(world / (n_q * l_gen)) * (adv * (w * r.response_mask * lp).sum(-1)).sum()).backward()
+        part = torch.zeros(2, dtype=torch.float64)
         for name, p in model.named_parameters():
             v, step, b2, eps = influence.adamw_state(opt, p)
-            gam = influence.precondition(p.grad, v, step, b2, eps)
-            dot = dot + (gam * m[name]).sum()
-            nrm = nrm + (gam * gam).sum()
-        scores[qi] = dot / (nrm.sqrt().clamp(min=1e-12) * m_norm.clamp(min=1e-12))
+            gam = influence.precondition(influence._local(p.grad), None if v is None else influence._local(v),
+                                         step, b2, eps)
+            part += torch.stack([(gam * influence._local(m[name])).sum(), (gam * gam).sum()]).double()
+        influence._all_reduce(part)
+        scores[qi] = part[0] / (part[1].sqrt().clamp(min=1e-12) * m_norm.clamp(min=1e-12))
     model.zero_grad(set_to_none=True)
     return scores
 
@@ -213,52 +226,9 @@ def bench_influence() -> list[dict]:
     return rows
 
 
-def official_fsdp_loop_scores(model, opt, dev, gen, temperature=0.7, tis_cap=2.0):
-    """The paper's distributed layout (spec §4.6): every question's rollouts are split over the ranks and
-    ONE FSDP backward per question sums them (the reduce-scatter of a full gradient per question); each rank
-    then preconditions its gradient shard, and the partial <gamma, m> and ||gamma||^2 of all ranks are
-    summed by one all_reduce. dev, gen: the full rollouts (the same on every rank). Scores of all questions."""
-    import torch.distributed as dist
-    import influence
-    from dugrpo import varying_groups
-    from dugrpo import group_advantages, tis_weights, token_logprobs
-    rank, world = dist.get_rank(), dist.get_world_size()
-    d = dev.select(torch.isin(dev.group_ids, torch.unique(dev.group_ids)[rank::world]))   # whole dev groups
-    m = influence.dev_gradient(model, d, temperature, tis_cap)                     # local shards of m
-    m_norm2 = sum(influence._local(x).double().pow(2).sum() for x in m.values()).reshape(1)
-    m_norm = influence._all_reduce(m_norm2).sqrt()
-    kept = gen.select(varying_groups(gen.rewards, gen.group_ids))
-    l_gen = kept.response_mask.sum().item() / len(kept)
-    uniq = torch.unique(gen.group_ids)
-    scores = torch.zeros(len(uniq))
-    for qi, g in enumerate(uniq.tolist()):
-        rows = (kept.group_ids == g).nonzero().squeeze(-1)
-        if len(rows) == 0:
-            continue
-        n_q, r = len(rows), kept.select(rows)
-        adv = group_advantages(r.rewards, r.group_ids, "none")[rank::world]    # over the whole group
-        r = r.select(torch.arange(rank, n_q, world))                           # this rank's rollouts of q
-        model.zero_grad(set_to_none=True)
-        lp = token_logprobs(model, r.input_ids, r.attention_mask, temperature, r.response_mask)
-        w = tis_weights(lp.detach(), r.sampler_logprobs, tis_cap)
-        # FSDP2 averages over ranks: scale by the world size so the shards hold the sum over the rollouts
-        (-(world / (n_q * l_gen)) * (adv * (w * r.response_mask * lp).sum(-1)).sum()).backward()
-        part = torch.zeros(2, dtype=torch.float64)
-        for name, p in model.named_parameters():
-            v, step, b2, eps = influence.adamw_state(opt, p)
-            gam = influence.precondition(influence._local(p.grad), None if v is None else influence._local(v),
-                                         step, b2, eps)
-            part += torch.stack([(gam * influence._local(m[name])).sum(), (gam * gam).sum()]).double()
-        dist.all_reduce(part)
-        scores[qi] = part[0] / (part[1].sqrt().clamp(min=1e-12) * m_norm.clamp(min=1e-12))
-    model.zero_grad(set_to_none=True)
-    return scores
-
-
 def _influence_fsdp_worker(method: str, q: int, out_path: str) -> None:
     """Run by bench_influence_fsdp under torchrun: tiny Qwen3 under FSDP2 (gloo), warm AdamW, then one
     timed scoring by `method` (ours: each rank scores its own questions; loop: the paper's layout)."""
-    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     import influence
     dist.init_process_group("gloo")
@@ -276,7 +246,7 @@ def _influence_fsdp_worker(method: str, q: int, out_path: str) -> None:
             got = dict(p for part in pairs for p in part)
             return torch.tensor([got[k] for k in sorted(got)])
     else:
-        run = lambda: official_fsdp_loop_scores(model, opt, dev, gen)
+        run = lambda: official_loop_scores(model, opt, dev, gen)
     run()                                                                  # warm-up (allocations)
     dist.barrier()
     t0, c0 = time.perf_counter(), _cpu_seconds()
