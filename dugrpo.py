@@ -145,12 +145,13 @@ class _TemperedLogprob(torch.autograd.Function):
         t, c = ctx.temperature, ctx.chunk_rows
         grad = torch.empty_like(logits)                                   # [M, V] the one big tensor
         for i in range(0, logits.shape[0], c):
-            g = grad_out[i:i + c, None].to(lse.dtype) / t                 # [c, 1]
+            g = grad_out[i:i + c, None].to(lse.dtype)                     # [c, 1]
             # softmax(logits / T) in place: in the output block itself when it has the accumulation dtype
             d = grad[i:i + c] if grad.dtype == lse.dtype else torch.empty_like(logits[i:i + c], dtype=lse.dtype)
-            torch.mul(logits[i:i + c], 1.0 / t, out=d)
-            d.sub_(lse[i:i + c, None]).exp_().mul_(-g)                     # -p * g / T
-            d.scatter_add_(-1, targets[i:i + c, None], g)                  # + onehot * g / T
+            torch.div(logits[i:i + c], t, out=d)
+            d.sub_(lse[i:i + c, None]).exp_().mul_(-g)                     # -p * g
+            d.scatter_add_(-1, targets[i:i + c, None], g)                  # + onehot * g
+            d.div_(t)
             if d.data_ptr() != grad[i:i + c].data_ptr():
                 grad[i:i + c] = d
         return grad, None, None, None
