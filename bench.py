@@ -278,7 +278,10 @@ def bench_influence_fsdp() -> list[dict]:
                        __file__, "--fsdp-worker", method, str(q), str(out)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
-                    raise RuntimeError(f"bench influence_fsdp {method} Q={q} failed:\n{proc.stderr[-2000:]}")
+                    log = OUT_DIR / f"influence_fsdp_{method}_{q}.stderr"
+                    log.write_text(proc.stderr)
+                    raise RuntimeError(f"bench influence_fsdp {method} Q={q} failed (exit {proc.returncode}); "
+                                       f"the ranks' output: {log}")
                 res[method] = json.loads(out.read_text())
         ours, loop = (torch.tensor(res[m]["scores"]) for m in ("ours", "loop"))
         rows.append({"ranks": 2, "Q": q, "rollouts": q * 8, "ours_wall_s": round(res["ours"]["seconds"], 1),
