@@ -517,6 +517,17 @@ def _print_table(name: str, rows: list[dict]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(x, widths)))
 
 
+def _cpu_model() -> str:
+    """The CPU's model name: ratios move with it (bf16 matmuls are native with AVX-512 BF16/AMX only)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def main(argv: list[str]) -> None:
     names = argv or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
@@ -525,7 +536,10 @@ def main(argv: list[str]) -> None:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+               "cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"machine: {machine['cpu']} ({machine['cpu_capability']}), {machine['cpus']} CPUs, "
+          f"{machine['torch_threads']} torch threads, torch {machine['torch']}")
     for name in names:
         rows = BENCHES[name]()
         _print_table(name, rows)

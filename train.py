@@ -174,9 +174,28 @@ def _coerce(name: str, typ, raw: str):
         raise ConfigError(f"--{name} expects {typ.__name__}, got {raw!r}") from None
 
 
+def usage(preset: str) -> str:
+    """--help: the run examples above, then every key with its value under `preset` and its comment."""
+    import inspect
+    comments = {}
+    for line in inspect.getsource(Config).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if "#" in rest and name.isidentifier():
+            comments[name] = rest.split("#", 1)[1].strip()
+    values = {**asdict(Config()), **PRESETS.get(preset, {})}
+    keys = "\n".join(f"  --{k}={values[k]}" + (f"    # {comments[k]}" if k in comments else "") for k in values
+                     if k != "preset")
+    return (f"{__doc__.split('Config:')[0].rstrip()}\n\nPresets: {', '.join(PRESETS)}\n\n"
+            f"Keys, with their values under --preset={preset if preset in PRESETS else Config.preset}:\n{keys}")
+
+
 def parse_config(argv: list[str]) -> Config:
     """`--preset NAME` then `--key=value` / `--key value` overrides; a bare `--flag` sets a bool."""
     types = {f.name: (str if f.type == "str" else eval(f.type)) for f in fields(Config)}  # noqa: S307
+    if "-h" in argv or "--help" in argv:
+        print(usage(next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")),
+                         argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else Config.preset)))
+        sys.exit(0)
     pairs, i = [], 0
     while i < len(argv):
         a = argv[i]
@@ -589,6 +608,11 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(p.numel() for p in s_model.parameters())
     print0(f"INFUSER | preset {cfg.preset} | world {world} on {device} | {n_params / 1e6:.2f}M params per model"
            f" | {len(documents)} documents, {len(dev_items)} dev, {len(test_items)} test questions")
+    if device.type == "cpu" and cfg.compute_dtype != "float32" and \
+            not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        print0(f"warning: --compute_dtype={cfg.compute_dtype} on a CPU without AVX-512 "
+               f"({torch.backends.cpu.get_cpu_capability()}): half-precision matmuls are emulated here, "
+               f"measured ~15x slower than float32 (README, Performance)")
     amp = (torch.autocast(device.type, dtype=getattr(torch, cfg.compute_dtype))
            if world == 1 and cfg.compute_dtype != "float32" else nullcontext())
     if start == 0 and test_items:

@@ -1,5 +1,6 @@
 """The whole iteration and train.py: end to end on a tiny random Qwen3, the scripted full path, two ranks
 against one, resume against an uninterrupted run, and clear errors for bad input."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -123,6 +124,17 @@ def test_bad_input_gives_one_clear_line(args, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr[-2000:]
+
+
+def test_help_lists_every_key_at_the_presets_value():
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--help"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = train.parse_config(["--preset", "tiny"])
+    listed = {line.split("=", 1)[0].strip(): line.split("=", 1)[1].split("    #")[0]
+              for line in out.stdout.splitlines() if line.startswith("  --") and "=" in line and "train.py" not in line}
+    assert set(listed) == {f"--{f.name}" for f in dataclasses.fields(cfg) if f.name != "preset"}
+    assert all(listed[f"--{k}"] == str(v) for k, v in dataclasses.asdict(cfg).items() if k not in ("preset", "out_dir"))
 
 
 def test_malformed_jsonl_line_is_named(tmp_path):
