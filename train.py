@@ -182,19 +182,22 @@ def usage(preset: str) -> str:
         name, _, rest = line.strip().partition(":")
         if "#" in rest and name.isidentifier():
             comments[name] = rest.split("#", 1)[1].strip()
-    values = {**asdict(Config()), **PRESETS.get(preset, {})}
+    values = {**asdict(Config()), **PRESETS[preset]}
     keys = "\n".join(f"  --{k}={values[k]}" + (f"    # {comments[k]}" if k in comments else "") for k in values
                      if k != "preset")
     return (f"{__doc__.split('Config:')[0].rstrip()}\n\nPresets: {', '.join(PRESETS)}\n\n"
-            f"Keys, with their values under --preset={preset if preset in PRESETS else Config.preset}:\n{keys}")
+            f"Keys, with their values under --preset={preset}:\n{keys}")
 
 
 def parse_config(argv: list[str]) -> Config:
     """`--preset NAME` then `--key=value` / `--key value` overrides; a bare `--flag` sets a bool."""
     types = {f.name: (str if f.type == "str" else eval(f.type)) for f in fields(Config)}  # noqa: S307
     if "-h" in argv or "--help" in argv:
-        print(usage(next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")),
-                         argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else Config.preset)))
+        preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")),
+                      argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else Config.preset)
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        print(usage(preset))
         sys.exit(0)
     pairs, i = [], 0
     while i < len(argv):

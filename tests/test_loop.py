@@ -115,6 +115,7 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path, scripted):
     (["--preset", "tiny", "--learning_rate=1"], "unknown config key 'learning_rate'"),
     (["--preset", "tiny", "--n_gen=two"], "--n_gen expects int"),
     (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--preset=huge", "--help"], "unknown preset 'huge'"),
     (["--preset", "tiny", "--documents=/nonexistent/docs.jsonl"], "file not found: /nonexistent/docs.jsonl"),
     (["--preset", "tiny", "--similarity_mode=cos"], "--similarity_mode='cos' is not one of"),
 ])
