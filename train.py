@@ -174,31 +174,26 @@ def _coerce(name: str, typ, raw: str):
         raise ConfigError(f"--{name} expects {typ.__name__}, got {raw!r}") from None
 
 
-def usage(preset: str) -> str:
-    """--help: the run examples above, then every key with its value under `preset` and its comment."""
+def usage(cfg: Config) -> str:
+    """--help: the run examples above, then every key with its value in `cfg` (the preset and any
+    overrides given beside --help) and its comment."""
     import inspect
     comments = {}
     for line in inspect.getsource(Config).splitlines():
         name, _, rest = line.strip().partition(":")
         if "#" in rest and name.isidentifier():
             comments[name] = rest.split("#", 1)[1].strip()
-    values = {**asdict(Config()), **PRESETS[preset]}
-    keys = "\n".join(f"  --{k}={values[k]}" + (f"    # {comments[k]}" if k in comments else "") for k in values
-                     if k != "preset")
+    keys = "\n".join(f"  --{k}={v}" + (f"    # {comments[k]}" if k in comments else "")
+                     for k, v in asdict(cfg).items() if k != "preset")
     return (f"{__doc__.split('Config:')[0].rstrip()}\n\nPresets: {', '.join(PRESETS)}\n\n"
-            f"Keys, with their values under --preset={preset}:\n{keys}")
+            f"Keys, with their values under --preset={cfg.preset}:\n{keys}")
 
 
 def parse_config(argv: list[str]) -> Config:
     """`--preset NAME` then `--key=value` / `--key value` overrides; a bare `--flag` sets a bool."""
     types = {f.name: (str if f.type == "str" else eval(f.type)) for f in fields(Config)}  # noqa: S307
-    if "-h" in argv or "--help" in argv:
-        preset = next((a.split("=", 1)[1] for a in argv if a.startswith("--preset=")),
-                      argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else Config.preset)
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        print(usage(preset))
-        sys.exit(0)
+    want_help = "-h" in argv or "--help" in argv
+    argv = [a for a in argv if a not in ("-h", "--help")]
     pairs, i = [], 0
     while i < len(argv):
         a = argv[i]
@@ -237,6 +232,9 @@ def parse_config(argv: list[str]) -> Config:
             raise ConfigError(f"--{key} must be >= 1")
     if not cfg.out_dir:
         cfg.out_dir = os.path.join("runs", cfg.preset)
+    if want_help:
+        print(usage(cfg))
+        sys.exit(0)
     return cfg
 
 
@@ -611,11 +609,10 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(p.numel() for p in s_model.parameters())
     print0(f"INFUSER | preset {cfg.preset} | world {world} on {device} | {n_params / 1e6:.2f}M params per model"
            f" | {len(documents)} documents, {len(dev_items)} dev, {len(test_items)} test questions")
-    if device.type == "cpu" and cfg.compute_dtype != "float32" and \
-            not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        print0(f"warning: --compute_dtype={cfg.compute_dtype} on a CPU without AVX-512 "
-               f"({torch.backends.cpu.get_cpu_capability()}): half-precision matmuls are emulated here, "
-               f"measured ~15x slower than float32 (README, Performance)")
+    isa = torch.backends.cpu.get_cpu_capability()
+    if device.type == "cpu" and cfg.compute_dtype != "float32" and not isa.startswith("AVX512"):
+        print0(f"warning: --compute_dtype={cfg.compute_dtype} on a CPU without AVX-512 ({isa}): half-precision "
+               f"matmuls are emulated here, measured 12-18x slower than float32 (README, Performance)")
     amp = (torch.autocast(device.type, dtype=getattr(torch, cfg.compute_dtype))
            if world == 1 and cfg.compute_dtype != "float32" else nullcontext())
     if start == 0 and test_items:
