@@ -109,26 +109,70 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# The policy-gradient surrogate of spec §4.1
+# The policy-gradient surrogate of spec §4.1, and token-budgeted micro-batches
 
-def pg_surrogate(model, rollouts, temperature: float, tis_cap: float, row_scale: torch.Tensor) -> torch.Tensor:
+def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_scale: torch.Tensor) -> torch.Tensor:
     """sum_i row_scale_i * A_i * sum_t mask * w_it * (-log pi(y_it)) -- its gradient is -sum_i scale_i A_i ... .
 
-    row_scale [N] carries the normaliser 1 / (n L) of each row's set. The spec writes the per-token term
-    as -A w exp(lp - sg(lp)); its gradient equals that of -A w lp, which is used here. A_i is the Dr.GRPO
-    advantage within each row's group; w_it uses the same forward's (detached) log-probs as pi_old.
+    adv [N]: the Dr.GRPO advantage of each row, formed by the caller over the row's WHOLE group (a
+    micro-batch may hold part of a group; its own mean would be wrong). row_scale [N] carries the
+    normaliser 1 / (n L) of each row's set. The spec writes the per-token term as -A w exp(lp - sg(lp));
+    its gradient equals that of -A w lp, which is used here. w_it uses the same forward's (detached)
+    log-probs as pi_old. Padded positions are selected away (not multiplied by 0), so a non-finite value
+    there cannot reach the sum.
     """
     lp = token_logprobs(model, rollouts.input_ids, rollouts.attention_mask, temperature,
                         rollouts.response_mask)                                            # [N, T]
-    adv = group_advantages(rollouts.rewards.to(lp.dtype), rollouts.group_ids, "none")      # [N]
     w = tis_weights(lp.detach(), rollouts.sampler_logprobs, tis_cap)                       # [N, T]
-    per_row = (w * rollouts.response_mask * lp).sum(-1)                                    # [N]
-    return -(row_scale.to(lp.dtype) * adv * per_row).sum()
+    per_row = torch.where(rollouts.response_mask > 0, w * lp, torch.zeros_like(lp)).sum(-1)  # [N]
+    return -(row_scale.to(lp.dtype) * adv.to(lp.dtype) * per_row).sum()
 
 
 def _kept(rollouts):
     """Rollouts of groups whose rewards vary (zero-variance groups carry no gradient, spec §4.2-4.3)."""
     return rollouts.select(varying_groups(rollouts.rewards, rollouts.group_ids))
+
+
+def _widths(rollouts) -> torch.Tensor:
+    """[N] number of attended tokens of each right-padded row (its width once `select` trims it)."""
+    return rollouts.attention_mask.sum(-1).clamp(min=1)
+
+
+def row_batches(widths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive rows in micro-batches whose padded size (rows x widest row) stays <= max_tokens; a row
+    wider than the budget gets a micro-batch of its own. This bounds every forward's activations."""
+    out, cur, cur_w = [], [], 0
+    for i, w in enumerate(widths):
+        nw = max(cur_w, w)
+        if cur and (len(cur) + 1) * nw > max_tokens:
+            out.append(cur)
+            cur, nw = [], w
+        cur.append(i)
+        cur_w = nw
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _max_over_ranks(n: int) -> int:
+    return int(_all_reduce(torch.tensor([n]), dist.ReduceOp.MAX if _world() > 1 else None).item())
+
+
+def _backward_rows(model, rows, adv, scale: float, temperature, tis_cap, max_tokens: int) -> None:
+    """Accumulate scale * d/dtheta pg_surrogate(rows) into .grad, micro-batch by micro-batch under the token
+    budget; every rank runs the same number of passes (zero-weight passes on one row where it has fewer),
+    so that FSDP2's collectives stay in step."""
+    device = _device(model)
+    widths = _widths(rows).tolist()
+    batches = row_batches(widths, max_tokens)
+    for s in range(_max_over_ranks(len(batches))):
+        idx, weight = (batches[s], 1.0) if s < len(batches) else ([0], 0.0)
+        if len(rows) == 0:
+            raise RuntimeError("influence: a rank with no rows cannot join a distributed backward")
+        part = rows.select(torch.tensor(idx))                       # trimmed to its widest row
+        row_scale = torch.full((len(idx),), scale * weight, dtype=torch.float64)
+        pg_surrogate(model, part.to(device), adv[idx].to(device), temperature, tis_cap,
+                     row_scale.to(device)).backward()
 
 
 @contextmanager
@@ -144,10 +188,23 @@ def _saved_grads(params):
             p.grad = g
 
 
+@contextmanager
+def _train_mode(model):
+    """Training-mode forwards (activation checkpointing, where enabled, applies only in train mode;
+    the models here have no dropout, so the numbers are those of eval mode)."""
+    was = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 def dev_gradient(model, dev, temperature: float = 0.7, tis_cap: float = 2.0,
-                 micro_batch: int = 64) -> dict[str, torch.Tensor] | None:
+                 max_tokens: int = 32768) -> dict[str, torch.Tensor] | None:
     """m = G(R_dev) as {param name: fp32 tensor (the local shard under FSDP2)}, or None when no dev group
-    (on any rank) has reward variance. Parameter .grad is restored afterwards."""
+    (on any rank) has reward variance. Advantages are formed over whole groups before the rows are cut
+    into micro-batches of at most `max_tokens` padded tokens. Parameter .grad is restored afterwards."""
     dev = _kept(dev)
     counts = _all_reduce(torch.tensor([len(dev), dev.response_mask.sum().item()], dtype=torch.float64))
     n_rows, n_tokens = counts.tolist()
@@ -157,22 +214,25 @@ def dev_gradient(model, dev, temperature: float = 0.7, tis_cap: float = 2.0,
     sharded = any(hasattr(p, "full_tensor") for p in params.values())
     # FSDP2 averages gradients over ranks; scale by the world size so that m is the sum over all rows
     scale = (_world() if sharded else 1) / (n_rows * (n_tokens / n_rows))
-    steps = int(_all_reduce(torch.tensor([math.ceil(len(dev) / micro_batch)]), dist.ReduceOp.MAX
-                            if _world() > 1 else None).item())
-    with _saved_grads(list(params.values())):
-        for s in range(steps):
-            part = dev.select(torch.arange(s * micro_batch, min((s + 1) * micro_batch, len(dev))))
-            weight = 1.0
-            if len(part) == 0:        # this rank has run out of rows: a zero-weight pass keeps FSDP in step
-                part, weight = dev.select(torch.arange(0, 1)), 0.0
-            row_scale = torch.full((len(part),), scale * weight, dtype=torch.float64)
-            pg_surrogate(model, part.to(_device(model)), temperature, tis_cap, row_scale.to(_device(model))).backward()
+    adv = group_advantages(dev.rewards.double(), dev.group_ids, "none")                     # [N] whole groups
+    if len(dev) == 0:                     # this rank has no signal rows: it joins with zero-weight passes
+        dev, adv = _filler(model), torch.zeros(1, dtype=torch.float64)
+        scale = 0.0
+    with _saved_grads(list(params.values())), _train_mode(model):
+        _backward_rows(model, dev, adv, scale, temperature, tis_cap, max_tokens)
         m = {n: p.grad.detach().to(acc_dtype(p.dtype)).clone() if p.grad is not None
              else torch.zeros_like(p, dtype=acc_dtype(p.dtype)) for n, p in params.items()}
     if not sharded and _world() > 1:      # replicated model: sum the ranks' gradients explicitly
         for g in m.values():
             _all_reduce(g)
     return m
+
+
+def _filler(model):
+    """One all-padding row: what a rank without rows feeds to a collective forward/backward."""
+    from rollout import Rollouts
+    z = torch.zeros(1, 2, dtype=torch.long)
+    return Rollouts(z, torch.ones_like(z), torch.zeros(1, 2), torch.tensor([-1]), torch.zeros(1), None)
 
 
 def _device(model) -> torch.device:
@@ -227,13 +287,15 @@ class _Blocks:
             h.remove()
 
     def _forward_hook(self, mod, inputs, output):
-        kind, _ = self.owner[mod]
-        x = inputs[0]
+        """Route the module's output through _Tap, which saves the input x for the backward. Saved
+        tensors are what activation checkpointing discards and recomputes, so the tap sees the right x
+        with checkpointing on or off (and holds no extra memory: the module saves the same x itself)."""
         if not output.requires_grad:
-            return
-        if kind == "embedding":
-            self.embed_outputs.append(output)
-        output.register_hook(lambda delta, mod=mod, x=x: self._on_grad(mod, x, delta))
+            return None
+        tapped = _Tap.apply(output, inputs[0], self, mod)
+        if self.owner[mod][0] == "embedding":
+            self.embed_outputs.append(output)         # the backward runs down to here (through the tap)
+        return tapped
 
     # per-question gradient of each parameter of one module, [Qc, *param shape] ------------------------
     def _on_grad(self, mod, x, delta):
@@ -292,6 +354,24 @@ class _Blocks:
         self.norm2 += torch.linalg.vector_norm(u, dim=1).double().pow(2).cpu()           # [Qc]
 
 
+class _Tap(torch.autograd.Function):
+    """Identity on a module's output whose backward hands (saved input x, output gradient delta) to
+    _Blocks._on_grad. x is a saved tensor, so under non-reentrant activation checkpointing it is the
+    recomputed input of the checkpointed layer's recomputation."""
+
+    @staticmethod
+    def forward(ctx, out, x, blocks, mod):
+        ctx.save_for_backward(x)
+        ctx.blocks, ctx.mod = blocks, mod
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, delta):
+        (x,) = ctx.saved_tensors
+        ctx.blocks._on_grad(ctx.mod, x, delta)
+        return delta, None, None, None
+
+
 def _precondition_(g, v, step, beta2, eps):
     """precondition() for a per-question block g [Qc, *P], overwriting g (same formula, fewer passes)."""
     denom = g * g                                                      # (1-b2) g^2 + b2 v, in place
@@ -328,88 +408,158 @@ def _affine_slope(mod, x):
 
 def influence_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_cosine",
                      temperature: float = 0.7, tis_cap: float = 2.0, chunk_questions: int = 16,
-                     dev_micro_batch: int = 64) -> torch.Tensor:
+                     max_tokens: int = 32768) -> torch.Tensor:
     """One influence score per group of `gen` (ascending group id), spec §4.
 
-    dev, gen: Rollouts of the solver (this rank's share, whole groups: a question's rollouts on one rank,
-    since advantages are formed per group) with rewards in {0, 1} (None already mapped to
-    0). optimizer: the solver's live AdamW (its exp_avg_sq, step, beta2 and eps are read, never changed).
-    Zero-variance gen groups score 0; all scores are 0 when no dev group has reward variance. Parameters,
-    their .grad and the optimizer state are left exactly as they were. chunk_questions bounds memory:
-    at most that many questions' rollouts are in one forward/backward pass.
+    dev, gen: Rollouts of the solver (this rank's share, whole groups: a question's rollouts on one rank)
+    with rewards in {0, 1} (None already mapped to 0). optimizer: the solver's live AdamW (its exp_avg_sq,
+    step, beta2 and eps are read, never changed). Zero-variance gen groups score 0; all scores are 0 when no
+    dev group has reward variance. Parameters, their .grad and the optimizer state are left as they were.
+
+    What bounds memory: every forward holds at most `max_tokens` padded tokens (rows x widest row), so
+    activations (with activation checkpointing, where the model has it on: the checkpointed layer inputs
+    plus one layer's recomputation) are bounded by the budget, not by a question's size; and the hook
+    path holds one module's per-question block [Qc, *param] (Qc <= chunk_questions) plus that module's
+    gathered m and exp_avg_sq. A question whose padded rollouts exceed the budget is scored by the
+    paper's loop instead (_split_question_scores): its rows are spread over the ranks and micro-batched
+    under the same budget, its gradient accumulates in the (sharded) .grad, and two scalars are reduced.
     """
     if mode not in MODES:
         raise ValueError(f"unknown influence mode {mode!r}; choose one of {MODES}")
-    device = _device(model)
     uniq = torch.unique(gen.group_ids, sorted=True)                                      # [Q]
     scores = torch.zeros(len(uniq), dtype=acc_dtype(next(model.parameters()).dtype))
-    m = dev_gradient(model, dev, temperature, tis_cap, dev_micro_batch)
+    m = dev_gradient(model, dev, temperature, tis_cap, max_tokens)
     if m is None:
         return scores
-    m_norm2 = sum(_local(g).double().pow(2).sum() for g in m.values()).reshape(1)
-
-    keep = varying_groups(gen.rewards, gen.group_ids)
-    kept = gen.select(keep)
-    stats = _all_reduce(torch.tensor([len(kept), kept.response_mask.sum().item()], dtype=torch.float64))
-    l_gen = stats[1].item() / max(stats[0].item(), 1.0)                                  # batch-wide L_gen
-    qids = torch.unique(kept.group_ids, sorted=True)                                     # [Q'] local
-    sizes = torch.stack([(kept.group_ids == q).sum() for q in qids]) if len(qids) else torch.zeros(0, dtype=torch.long)
-    g_max = int(_all_reduce(torch.tensor([int(sizes.max()) if len(sizes) else 1]),
-                            dist.ReduceOp.MAX if _world() > 1 else None).item())
-    n_chunks = int(_all_reduce(torch.tensor([math.ceil(len(qids) / chunk_questions)]),
-                               dist.ReduceOp.MAX if _world() > 1 else None).item())
-
-    dot = torch.zeros(len(qids), dtype=torch.float64)
-    norm2 = torch.zeros(len(qids), dtype=torch.float64)
-    for c in range(n_chunks):
-        chunk = qids[c * chunk_questions:(c + 1) * chunk_questions]
-        batch, row_scale, qc = _chunk_batch(kept, chunk, sizes, qids, g_max, l_gen)
-        blocks = _Blocks(model, optimizer, m, mode, qc, g_max)
-        with blocks:
-            loss = pg_surrogate(model, batch.to(device), temperature, tis_cap, row_scale.to(device))
-            if not blocks.embed_outputs:
-                raise RuntimeError("influence: no embedding output was seen in the forward pass")
-            torch.autograd.grad(loss, blocks.embed_outputs, allow_unused=True)
-        n = len(chunk)
-        dot[c * chunk_questions:c * chunk_questions + n] = blocks.dot[:n]
-        norm2[c * chunk_questions:c * chunk_questions + n] = blocks.norm2[:n]
-
+    with _train_mode(model):
+        qids, dot, norm2 = _question_scalars(model, optimizer, m, _kept(gen), mode, temperature, tis_cap,
+                                             chunk_questions, max_tokens)
     # the only cross-rank quantity the score needs is ||m||^2 (sum of the shards' squares)
+    m_norm2 = sum(_local(g).double().pow(2).sum() for g in m.values()).reshape(1)
     m_norm = _all_reduce(m_norm2).sqrt().item() if any(hasattr(g, "full_tensor") for g in m.values()) \
         else m_norm2.sqrt().item()
     if mode in ("dot", "preconditioned_dot"):
         s = dot
     else:
         s = dot / (norm2.sqrt().clamp(min=1e-12) * max(m_norm, 1e-12))
-    pos = torch.searchsorted(uniq, qids)
-    scores[pos] = s.to(scores.dtype)
+    scores[torch.searchsorted(uniq, qids)] = s.to(scores.dtype)
     return scores
 
 
-def _chunk_batch(kept, chunk, sizes, qids, g_max, l_gen):
+def _question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chunk_questions, max_tokens):
+    """(question ids [Q'] of this rank, <u_q, m> [Q'], ||u_q||^2 [Q']) for the varying groups `kept`."""
+    device = _device(model)
+    stats = _all_reduce(torch.tensor([len(kept), kept.response_mask.sum().item()], dtype=torch.float64))
+    l_gen = stats[1].item() / max(stats[0].item(), 1.0)                                  # batch-wide L_gen
+    qids = torch.unique(kept.group_ids, sorted=True)                                     # [Q'] local
+    rows_of = [(kept.group_ids == q).nonzero().squeeze(-1) for q in qids]
+    sizes = torch.tensor([len(r) for r in rows_of], dtype=torch.long)
+    widths = _widths(kept)
+    g_max = _max_over_ranks(int(sizes.max()) if len(sizes) else 1)
+    # pack whole questions into forwards of <= max_tokens padded tokens and <= chunk_questions questions
+    chunks, split, cur, cur_w = [], [], [], 0
+    for j, rows in enumerate(rows_of):
+        w = int(widths[rows].max())
+        if g_max * w > max_tokens:
+            split.append(j)
+            continue
+        nw = max(cur_w, w)
+        if cur and (len(cur) + 1 > chunk_questions or (len(cur) + 1) * g_max * nw > max_tokens):
+            chunks.append(cur)
+            cur, nw = [], w
+        cur.append(j)
+        cur_w = nw
+    if cur:
+        chunks.append(cur)
+
+    dot = torch.zeros(len(qids), dtype=torch.float64)
+    norm2 = torch.zeros(len(qids), dtype=torch.float64)
+    for c in range(_max_over_ranks(len(chunks))):
+        chunk = chunks[c] if c < len(chunks) else []
+        batch, row_scale, qc = _chunk_batch(kept, [rows_of[j] for j in chunk], g_max, l_gen)
+        blocks = _Blocks(model, optimizer, m, mode, qc, g_max)
+        adv = group_advantages(batch.rewards.double(), batch.group_ids, "none")
+        with blocks:
+            loss = pg_surrogate(model, batch.to(device), adv.to(device), temperature, tis_cap, row_scale.to(device))
+            if not blocks.embed_outputs:
+                raise RuntimeError("influence: no embedding output was seen in the forward pass")
+            torch.autograd.grad(loss, blocks.embed_outputs, allow_unused=True)
+        for k, j in enumerate(chunk):
+            dot[j], norm2[j] = blocks.dot[k], blocks.norm2[k]
+    for j, d, n in _split_question_scores(model, optimizer, m, kept, [rows_of[j] for j in split], split, mode,
+                                          l_gen, temperature, tis_cap, max_tokens):
+        dot[j], norm2[j] = d, n
+    return qids, dot, norm2
+
+
+def _split_question_scores(model, optimizer, m, kept, rows_list, local_index, mode, l_gen, temperature,
+                           tis_cap, max_tokens):
+    """The paper's per-question loop for questions too large for one forward: every rank takes its share of
+    the question's rows (all ranks see every such question), backward accumulates g_q into .grad (FSDP2
+    reduce-scatters it into shards), and each rank reduces its shard against its shards of m and
+    exp_avg_sq. Yields (local index, <u_q, m>, ||u_q||^2) for this rank's own split questions."""
+    rank, world = (dist.get_rank(), _world()) if _world() > 1 else (0, 1)
+    params = dict(model.named_parameters())
+    sharded = any(hasattr(p, "full_tensor") for p in params.values())
+    mine = [(rank, j, kept.select(rows)) for j, rows in zip(local_index, rows_list)]
+    every = mine                                                  # [(owner rank, local index, Rollouts)]
+    if world > 1:                                                 # token ids only: small next to P
+        parts = [None] * world
+        dist.all_gather_object(parts, mine)
+        every = [x for part in parts for x in part]
+    for owner, j, rows in every:
+        n_q = len(rows)
+        share = rows.select(torch.arange(rank, n_q, world)) if rank < n_q else None
+        adv = group_advantages(rows.rewards.double(), rows.group_ids, "none")[rank::world]   # whole group
+        scale = (world if sharded else 1) / (n_q * l_gen)
+        if share is None or len(share) == 0:     # fewer rows than ranks: this rank only keeps FSDP in step
+            share, adv, scale = _filler(model), torch.zeros(1, dtype=torch.float64), 0.0
+        with _saved_grads(list(params.values())):
+            _backward_rows(model, share, adv, scale, temperature, tis_cap, max_tokens)
+            part = torch.zeros(2, dtype=torch.float64)
+            for name, p in params.items():
+                g = p.grad
+                if g is None:
+                    continue
+                g = _local(g).detach().to(acc_dtype(p.dtype))
+                if not sharded and world > 1:
+                    g = _all_reduce(g.clone())
+                if mode.startswith("preconditioned"):
+                    v, step, beta2, eps = adamw_state(optimizer, p)
+                    g = precondition(g, None if v is None else _local(v), step, beta2, eps)
+                part += torch.stack([(g * _local(m[name]).to(g.dtype)).sum(), g.pow(2).sum()]).double().cpu()
+        if sharded:
+            _all_reduce(part)
+        if owner == rank:
+            yield j, part[0], part[1]
+
+
+def _chunk_batch(kept, rows_list, g_max, l_gen):
     """Rows of the chunk's questions, question-major, each question padded to g_max rows with dummy
-    (all-padding, zero-mask) rows; row_scale = 1 / (n_q * L_gen) for real rows, 0 for dummies."""
-    t = kept.input_ids.shape[1]
-    qc = max(len(chunk), 1)
+    (all-padding, zero-mask) rows; row_scale = 1 / (n_q * L_gen) for real rows, 0 for dummies. Returns
+    (Rollouts trimmed to the chunk's widest row, row_scale [Qc*g_max], Qc)."""
+    qc = max(len(rows_list), 1)
     rows, scale = [], []
-    for q in chunk.tolist():
-        idx = (kept.group_ids == q).nonzero().squeeze(-1)
+    for idx in rows_list:
         n_q = len(idx)
         rows += idx.tolist() + [-1] * (g_max - n_q)
         scale += [1.0 / (n_q * l_gen)] * n_q + [0.0] * (g_max - n_q)
-    if not chunk.numel():                          # this rank has no more questions: one dummy question
+    if not rows_list:                              # this rank has no more questions: one dummy question
         rows, scale = [-1] * g_max, [0.0] * g_max
     idx = torch.tensor(rows)
     real = idx >= 0
+    t = int(_widths(kept)[idx[real]].max()) if real.any() else 2
     safe = idx.clamp(min=0)
-    pick = lambda x: None if x is None else x[safe] * real.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-    ids = pick(kept.input_ids) if len(kept) else torch.zeros(len(rows), t, dtype=torch.long)
-    am = pick(kept.attention_mask) if len(kept) else torch.zeros(len(rows), t, dtype=torch.long)
+    if len(kept):
+        pick = lambda x: None if x is None else (x[safe][:, :t] * real.view(-1, 1).to(x.dtype))
+        ids, am, rm, slp = pick(kept.input_ids), pick(kept.attention_mask), pick(kept.response_mask), \
+            pick(kept.sampler_logprobs)
+        rewards = kept.rewards[safe] * real
+    else:
+        ids, am = torch.zeros(len(rows), t, dtype=torch.long), torch.zeros(len(rows), t, dtype=torch.long)
+        rm, slp, rewards = torch.zeros(len(rows), t), None, torch.zeros(len(rows))
     am[~real, 0] = 1                               # one visible token keeps attention well defined
-    rm = pick(kept.response_mask) if len(kept) else torch.zeros(len(rows), t)
-    gids = torch.repeat_interleave(torch.arange(qc), g_max) if len(rows) == qc * g_max else torch.zeros(len(rows), dtype=torch.long)
+    gids = torch.repeat_interleave(torch.arange(qc), g_max)
     # dummy rows get their own group ids so they never shift a real group's mean reward
     gids = torch.where(real, gids, -1 - torch.arange(len(rows)))
-    rewards = kept.rewards[safe] * real if len(kept) else torch.zeros(len(rows))
-    slp = pick(kept.sampler_logprobs) if kept.sampler_logprobs is not None and len(kept) else None
     return type(kept)(ids, am, rm, gids, rewards, slp), torch.tensor(scale, dtype=torch.float64), qc

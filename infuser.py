@@ -604,7 +604,8 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
         d_roll = dev.rollouts(pad_s, rewards=dev.correct)
         s = influence.influence_scores(solver.model, solver.optimizer, d_roll, q_roll,
                                        mode=cfg.similarity_mode, temperature=cfg.temperature,
-                                       tis_cap=cfg.tis_cap, chunk_questions=cfg.influence_chunk)
+                                       tis_cap=cfg.tis_cap, chunk_questions=cfg.influence_chunk,
+                                       max_tokens=cfg.influence_tokens)
         for g, v in zip(sorted(set(sol.group_ids)), s.tolist()):
             scores[g] = v
         if m.get("dev_signal_groups", 0) == 0:

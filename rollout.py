@@ -354,6 +354,20 @@ def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
 
+def set_activation_checkpointing(model, on: bool = True) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer (transformers' own switch): a
+    training-mode forward keeps only each layer's input and recomputes the layer in the backward.
+    Exact (same gradients); it applies in train mode only, so generation (eval mode) is unaffected."""
+    if not on:
+        getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
+        return
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def tiny_qwen3(vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
                num_kv_heads: int = 1, head_dim: int = 32, intermediate_size: int = 128,
                tie_word_embeddings: bool = False, seed: int = 0):

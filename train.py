@@ -50,7 +50,7 @@ import torch.distributed as dist
 
 import infuser
 from evaluate import Item, evaluate, load_benchmark
-from rollout import HFEngine, SamplingParams, byte_tokenizer, load_model, tiny_qwen3
+from rollout import HFEngine, SamplingParams, byte_tokenizer, load_model, set_activation_checkpointing, tiny_qwen3
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -115,7 +115,9 @@ class Config:
     solver_normalization: str = "none"               # Dr.GRPO
     generator_normalization: str = "hybrid_std"      # DuGRPO
     similarity_mode: str = "preconditioned_cosine"
-    influence_chunk: int = 16                        # questions per influence forward/backward
+    influence_chunk: int = 16                        # at most this many questions per influence forward
+    influence_tokens: int = 32768                    # padded tokens per dev-gradient / influence forward
+    activation_checkpointing: bool = False           # recompute each decoder layer in the backward
     generator_reward: str = "influence"              # influence | spice | uncertainty
     gen_invalid_penalty: float = 0.0
     solver_mid_eos_penalty: float = 0.0
@@ -227,7 +229,7 @@ def parse_config(argv: list[str]) -> Config:
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"--{key}={getattr(cfg, key)!r} is not one of {allowed}")
     for key in ("doc_batch_size", "n_gen", "n_solver", "ppo_minibatch_groups", "micro_batch", "influence_chunk",
-                "ppo_epochs"):
+                "influence_tokens", "ppo_epochs"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1")
     if not cfg.out_dir:
@@ -365,6 +367,8 @@ def load_external_questions(path: str) -> dict[int, list[infuser.Question]]:
 def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) -> infuser.Role:
     """Model on its device (FSDP2-sharded when world > 1), its AdamW, and the engine that samples it."""
     model.to(device)
+    if cfg.activation_checkpointing:
+        set_activation_checkpointing(model, True)
     if infuser.rank_world()[1] > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.compute_dtype), reduce_dtype=torch.float32)

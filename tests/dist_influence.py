@@ -1,6 +1,7 @@
 """Run by tests/test_influence.py under `torchrun --standalone --nproc_per_node=2` (gloo, FSDP2).
 
-Builds the same tiny solver as the single-process test, shards it with fully_shard, takes a few identical
+Optional argv[4] = token budget per forward (small values split questions over forwards and ranks),
+argv[5] = "ckpt" for activation checkpointing. Builds the same tiny solver as the single-process test, shards it with fully_shard, takes a few identical
 AdamW steps, then scores the questions of this rank's share of the rollouts. Rank 0 writes
 {group id: score} for all ranks and the parameter checksums to the JSON path given as argv[1].
 """
@@ -15,14 +16,17 @@ from torch.distributed.fsdp import fully_shard
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import influence  # noqa: E402
+from rollout import set_activation_checkpointing  # noqa: E402
 from influence_cases import build_case  # noqa: E402
 
 
-def main(out_path, mode, tied):
+def main(out_path, mode, tied, max_tokens=32768, ckpt=False):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model, opt_steps, dev, gen = build_case(tied=tied)
+    if ckpt:                                    # non-reentrant activation checkpointing, as train.py sets it
+        set_activation_checkpointing(model)
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
@@ -31,7 +35,7 @@ def main(out_path, mode, tied):
     before = {n: p.full_tensor().clone() for n, p in model.named_parameters()}
     mine = lambda r: r.select(torch.isin(r.group_ids, torch.unique(r.group_ids)[rank::world]))
     d, g = mine(dev), mine(gen)
-    scores = influence.influence_scores(model, opt, d, g, mode=mode, chunk_questions=2)
+    scores = influence.influence_scores(model, opt, d, g, mode=mode, chunk_questions=2, max_tokens=max_tokens)
     ids = torch.unique(g.group_ids).tolist()
     allpairs = [None] * world
     dist.all_gather_object(allpairs, list(zip(ids, scores.tolist())))
@@ -46,4 +50,5 @@ def main(out_path, mode, tied):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3] == "tied")
+    main(sys.argv[1], sys.argv[2], sys.argv[3] == "tied", int(sys.argv[4]) if len(sys.argv) > 4 else 32768,
+         len(sys.argv) > 5 and sys.argv[5] == "ckpt")

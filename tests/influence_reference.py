@@ -40,7 +40,7 @@ def _loss(model, r, rows, n_norm, l_norm, temperature, tis_cap):
 
 
 def reference_scores(model, optimizer, dev, gen, mode="preconditioned_cosine", temperature=0.7,
-                     tis_cap=2.0, return_parts=False):
+                     tis_cap=2.0, return_parts=False, return_m=False):
     params = [p for p in model.parameters() if p.requires_grad]
     scores = torch.zeros(len(torch.unique(gen.group_ids)), dtype=torch.float64)
     dev_groups = _groups(dev.rewards, dev.group_ids)
@@ -80,4 +80,6 @@ def reference_scores(model, optimizer, dev, gen, mode="preconditioned_cosine", t
         else:
             s = dot / (max(float(torch.sqrt(torch.as_tensor(nrm))), 1e-12) * max(float(m_norm), 1e-12))
         scores[order.index(g)] = float(s)
+    if return_m:
+        return scores.float(), parts, float(m_norm), m
     return (scores.float(), parts, float(m_norm)) if return_parts else scores.float()

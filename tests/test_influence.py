@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import influence
+from rollout import set_activation_checkpointing
 from influence_cases import build_case, fake_rollouts
 from influence_reference import reference_scores
 
@@ -82,6 +83,45 @@ def test_scores_match_per_question_loop(mode, tied, warm, sampler, dtype):
     assert fast[0] == 0.0                     # the all-correct question
     assert (fast[1:] != 0).all()
     assert rel_err(fast, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["cosine", "preconditioned_cosine"])
+@pytest.mark.parametrize("ckpt", [False, True])
+@pytest.mark.parametrize("budget", [10, 40, 64, 200])
+def test_token_budget_and_checkpointing_match_per_question_loop(mode, ckpt, budget):
+    """A token budget below one question's padded rollouts (4 rows x <= 16 tokens: 10 and 40) splits the
+    question over several forwards (the per-question backward path); 64 and 200 pack whole questions.
+    With non-reentrant activation checkpointing the hooks see the recomputed inputs: same scores."""
+    model, opt, dev, gen = make(False, True, True, torch.float32)
+    calls = []
+    model.model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda *a: calls.append(1))
+    influence.influence_scores(model, opt, dev, gen, mode=mode, max_tokens=budget)
+    plain_calls, calls[:] = len(calls), []
+    if ckpt:
+        set_activation_checkpointing(model)
+    fast = influence.influence_scores(model, opt, dev, gen, mode=mode, max_tokens=budget)
+    assert len(calls) == (2 if ckpt else 1) * plain_calls   # checkpointing on: every layer recomputed
+    assert rel_err(fast, reference_scores(model, opt, dev, gen, mode=mode)) <= 1e-5
+
+
+def test_dev_gradient_exact_when_micro_batches_split_groups():
+    """Dev groups of 4 rows cut into micro-batches of 5 rows (budget 5 x 16 tokens): advantages come from
+    whole groups, so m equals the float64 gradient of the unsplit dev loss."""
+    torch.manual_seed(0)
+    model, warm_up, dev, _ = build_case(dtype=torch.float64)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    warm_up(model, opt)
+    dev.input_ids[:, -1] = 7                   # every row full width: 5 rows x 16 tokens per micro-batch
+    dev.attention_mask[:] = 1
+    dev.response_mask[:, 5:] = 1
+    assert influence.row_batches(influence._widths(dev).tolist(), 80)[0] == list(range(5))
+    m = influence.dev_gradient(model, dev, max_tokens=80)
+    _, _, _, m_ref = reference_scores(model, opt, dev, dev, return_parts=True, return_m=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    flat = torch.cat([m[n].reshape(-1) for n in names])
+    ref = torch.cat([g.reshape(-1) for g in m_ref])
+    assert torch.nn.functional.cosine_similarity(flat, ref, dim=0) > 1 - 1e-9
+    assert rel_err(flat, ref) <= 1e-7
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 100])
@@ -199,12 +239,16 @@ def test_score_ranks_like_measured_dev_loss_decrease():
 
 # ---------------------------------------------------------------- two ranks (FSDP2, gloo) -----------
 
-@pytest.mark.parametrize("tied", ["untied", "tied"])
-def test_two_ranks_fsdp2_equal_one_rank(tmp_path, tied):
+@pytest.mark.parametrize("tied,budget,ckpt", [("untied", 32768, "plain"), ("tied", 32768, "plain"),
+                                             ("untied", 40, "ckpt"), ("tied", 64, "ckpt")])
+def test_two_ranks_fsdp2_equal_one_rank(tmp_path, tied, budget, ckpt):
+    """FSDP2 on 2 gloo ranks equals one process; budget 40 < 4 rows x 16 tokens sends every question
+    through the split path (rows over ranks, per-question backward), 64 keeps one question per forward;
+    both under activation checkpointing."""
     out = tmp_path / "scores.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(HERE, "dist_influence.py"), str(out), "preconditioned_cosine", tied]
+           os.path.join(HERE, "dist_influence.py"), str(out), "preconditioned_cosine", tied, str(budget), ckpt]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())

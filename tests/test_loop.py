@@ -63,14 +63,18 @@ def test_full_iteration_scripted(tmp_path, scripted):
     AutoModelForCausalLM.from_pretrained(ck / "solver")          # HF-loadable
 
 
-def test_two_ranks_equal_one_rank(tmp_path):
-    args = lambda out: loop_args(tmp_path, out, ["--iterations=1", "--save_every=1"])
+@pytest.mark.parametrize("two_extra", [[], ["--activation_checkpointing", "--influence_tokens=150"]])
+def test_two_ranks_equal_one_rank(tmp_path, two_extra):
+    """Two FSDP2 ranks equal one process; the second case runs the two ranks with activation
+    checkpointing and a token budget below one row (every dev and question forward split, every
+    question through the per-question backward), against the plain one-rank run."""
+    args = lambda out, extra=(): loop_args(tmp_path, out, ["--iterations=1", "--save_every=1", *extra])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     one = subprocess.run([sys.executable, str(ROOT / "tests" / "dist_loop.py"), *args(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(ROOT / "tests" / "dist_loop.py"), *args(tmp_path / "two")],
+                          str(ROOT / "tests" / "dist_loop.py"), *args(tmp_path / "two", two_extra)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     key = lambda r: r["qid"]
