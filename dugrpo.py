@@ -246,7 +246,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     dual = torch.minimum(loss3, clipped)
     per_token = torch.where(adv < 0, dual, clipped)                       # [N, T]
     w = tis_weights(old_logprobs, sampler_logprobs, tis_cap)              # [N, T] detached
-    loss = (per_token * w * mask).sum() / normaliser
+    # a masked sum that selects (not multiplies): a non-finite value at a padded position cannot reach it
+    loss = torch.where(mask > 0, per_token * w * mask, torch.zeros_like(per_token)).sum() / normaliser
 
     with torch.no_grad():
         ntok = mask.sum().clamp(min=1)
@@ -258,7 +259,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
             "clip_frac": mmean((loss2 > loss1).to(mask.dtype)),
             "dual_clip_frac": mmean(((adv < 0) & (loss3 < clipped)).to(mask.dtype)),
             "tis_mean": mmean(w),
-            "tis_max": w[on].max() if on.any() else w.new_zeros(()),
+            "tis_max": torch.where(on, w, torch.zeros_like(w)).amax(),     # w > 0: 0 when no token
             "tis_truncated_frac": mmean((raw > tis_cap).to(mask.dtype)),
             "approx_kl": mmean(old_logprobs - logprobs),
             "ratio_mean": mmean(ratio),

@@ -104,6 +104,18 @@ def _full(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.full_tensor() if t is not None and hasattr(t, "full_tensor") else t
 
 
+def _gather(x) -> list:
+    """[x of rank 0, x of rank 1, ...] (token ids and the like: small next to a gradient). Under the
+    memory plan's fake process group (train.py --plan) no data moves: every rank is taken to hold x."""
+    if _world() == 1:
+        return [x]
+    if dist.get_backend() == "fake":
+        return [x] * _world()
+    out = [None] * _world()
+    dist.all_gather_object(out, x)
+    return out
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -312,7 +324,7 @@ class _Blocks:
                 v, h = mod.weight.shape[0], delta.shape[-1]
                 ids = x.reshape(qc, -1)                                          # [Qc, G*T]
                 flat = (ids + torch.arange(qc, device=ids.device)[:, None] * v).reshape(-1)
-                gw = torch.zeros(qc * v, h, dtype=self.acc, device=delta.device)
+                gw = delta.new_zeros(qc * v, h, dtype=self.acc)
                 gw.index_add_(0, flat, delta.reshape(-1, h).to(self.acc))        # [Qc*V, H]
                 blocks = {"weight": gw.view(qc, v, h)}                           # [Qc, V, H]
             else:                                                                # elementwise-affine
@@ -350,8 +362,8 @@ class _Blocks:
         else:
             u = g
         u = u.reshape(self.qc, -1)                                                        # [Qc, P]
-        self.dot += (u @ m).double().cpu()                                                # [Qc]
-        self.norm2 += torch.linalg.vector_norm(u, dim=1).double().pow(2).cpu()           # [Qc]
+        self.dot = self.dot + (u @ m).double().cpu()                                      # [Qc]
+        self.norm2 = self.norm2 + torch.linalg.vector_norm(u, dim=1).double().pow(2).cpu()  # [Qc]
 
 
 class _Tap(torch.autograd.Function):
@@ -472,8 +484,7 @@ def _question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chu
     if cur:
         chunks.append(cur)
 
-    dot = torch.zeros(len(qids), dtype=torch.float64)
-    norm2 = torch.zeros(len(qids), dtype=torch.float64)
+    dot, norm2 = [torch.zeros((), dtype=torch.float64)] * len(qids), [torch.zeros((), dtype=torch.float64)] * len(qids)
     for c in range(_max_over_ranks(len(chunks))):
         chunk = chunks[c] if c < len(chunks) else []
         batch, row_scale, qc = _chunk_batch(kept, [rows_of[j] for j in chunk], g_max, l_gen)
@@ -489,7 +500,8 @@ def _question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chu
     for j, d, n in _split_question_scores(model, optimizer, m, kept, [rows_of[j] for j in split], split, mode,
                                           l_gen, temperature, tis_cap, max_tokens):
         dot[j], norm2[j] = d, n
-    return qids, dot, norm2
+    stack = lambda xs: torch.stack(xs) if xs else torch.zeros(0, dtype=torch.float64)
+    return qids, stack(dot), stack(norm2)
 
 
 def _split_question_scores(model, optimizer, m, kept, rows_list, local_index, mode, l_gen, temperature,
@@ -502,11 +514,7 @@ def _split_question_scores(model, optimizer, m, kept, rows_list, local_index, mo
     params = dict(model.named_parameters())
     sharded = any(hasattr(p, "full_tensor") for p in params.values())
     mine = [(rank, j, kept.select(rows)) for j, rows in zip(local_index, rows_list)]
-    every = mine                                                  # [(owner rank, local index, Rollouts)]
-    if world > 1:                                                 # token ids only: small next to P
-        parts = [None] * world
-        dist.all_gather_object(parts, mine)
-        every = [x for part in parts for x in part]
+    every = [x for part in _gather(mine) for x in part]           # [(owner rank, local index, Rollouts)]
     for owner, j, rows in every:
         n_q = len(rows)
         share = rows.select(torch.arange(rank, n_q, world)) if rank < n_q else None
@@ -527,9 +535,9 @@ def _split_question_scores(model, optimizer, m, kept, rows_list, local_index, mo
                 if mode.startswith("preconditioned"):
                     v, step, beta2, eps = adamw_state(optimizer, p)
                     g = precondition(g, None if v is None else _local(v), step, beta2, eps)
-                part += torch.stack([(g * _local(m[name]).to(g.dtype)).sum(), g.pow(2).sum()]).double().cpu()
+                part = part + torch.stack([(g * _local(m[name]).to(g.dtype)).sum(), g.pow(2).sum()]).double().cpu()
         if sharded:
-            _all_reduce(part)
+            part = _all_reduce(part)
         if owner == rank:
             yield j, part[0], part[1]
 

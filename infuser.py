@@ -422,6 +422,19 @@ def stratify_by_doc(groups: list[tuple[int, str]]) -> list[int]:
     return [g for *_, g in sorted(keyed)]
 
 
+def micro_step(model, cfg, mb: Rollouts, adv: torch.Tensor, lp_old: torch.Tensor | None, normaliser: float,
+               scale: float):
+    """One micro-batch of a PPO update: forward, the loss of eq. (3), backward into .grad (times `scale`).
+    lp_old None = on-policy (pi_old is this forward's detached log-probs). Returns (loss, stats)."""
+    lp = dugrpo.token_logprobs(model, mb.input_ids, mb.attention_mask, cfg.temperature, mb.response_mask)
+    lp_old = lp.detach() if lp_old is None else lp_old
+    loss, st = dugrpo.policy_loss(lp, lp_old, adv, mb.response_mask, normaliser,
+                                  sampler_logprobs=mb.sampler_logprobs, tis_cap=cfg.tis_cap,
+                                  clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip)
+    (loss * scale).backward()
+    return loss, st
+
+
 def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, group_order: list[int],
                lr_name: str) -> dict:
     """One PPO update over `rollouts` (this rank's rows) in minibatches of cfg.ppo_minibatch_groups whole
@@ -476,14 +489,8 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
             for k in range(n_pass):
                 mb, adv, part, weight = micro(rows, k)
                 mb = mb.to(device)
-                lp = dugrpo.token_logprobs(model, mb.input_ids, mb.attention_mask, cfg.temperature,
-                                           mb.response_mask)
-                lp_old = lp.detach() if old is None or part is None else old[part, :lp.shape[1]].to(device)
-                loss, st = dugrpo.policy_loss(
-                    lp, lp_old, adv.to(device), mb.response_mask, normaliser,
-                    sampler_logprobs=mb.sampler_logprobs, tis_cap=cfg.tis_cap, clip_low=cfg.clip_low,
-                    clip_high=cfg.clip_high, dual_clip=cfg.dual_clip)
-                (loss * scale * weight).backward()
+                lp_old = None if old is None or part is None else old[part, :mb.input_ids.shape[1]].to(device)
+                loss, st = micro_step(model, cfg, mb, adv.to(device), lp_old, normaliser, scale * weight)
                 if weight:
                     ntok = mb.response_mask.sum().item()
                     for key, v in st.items():

@@ -125,6 +125,10 @@ class Config:
     fix_solver: bool = False
     dev_only: bool = False
     skip_dev_rollout: bool = False
+    # the memory plan (plan.py): print per-GPU peak memory per phase instead of training
+    plan: bool = False
+    plan_world_size: int = 8
+    plan_gpu_gb: float = 80.0
 
 
 PRESETS: dict[str, dict] = {
@@ -364,17 +368,24 @@ def load_external_questions(path: str) -> dict[int, list[infuser.Question]]:
 # ----------------------------------------------------------------------------------------------
 # Roles: models, optimizers, engines
 
-def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) -> infuser.Role:
-    """Model on its device (FSDP2-sharded when world > 1), its AdamW, and the engine that samples it."""
-    model.to(device)
+def prepare_model(model, cfg: Config, device, mesh=None) -> None:
+    """Device, activation checkpointing, and FSDP2 (every decoder layer, then the root) when world > 1
+    (or on `mesh`: the memory plan's fake one), bf16/fp16 compute with fp32 gradient reduction."""
+    if device is not None:               # None: the plan's fake-tensor models stay where they were built
+        model.to(device)
     if cfg.activation_checkpointing:
         set_activation_checkpointing(model, True)
     if infuser.rank_world()[1] > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.compute_dtype), reduce_dtype=torch.float32)
         for layer in model.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+            fully_shard(layer, mp_policy=mp, mesh=mesh)
+        fully_shard(model, mp_policy=mp, mesh=mesh)
+
+
+def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) -> infuser.Role:
+    """Model on its device (FSDP2-sharded when world > 1), its AdamW, and the engine that samples it."""
+    prepare_model(model, cfg, device)
     lr = cfg.solver_lr if name == "solver" else cfg.generator_lr
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
                             weight_decay=cfg.weight_decay)
@@ -577,6 +588,13 @@ def plot_curves(out_dir: str, history: list[dict], summary: dict) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    if cfg.plan:
+        import plan
+        try:
+            code = plan.main(cfg)
+        except plan.PlanError as e:
+            raise ConfigError(str(e)) from None
+        sys.exit(code)
     rank, world, device = setup_distributed(cfg)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
