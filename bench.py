@@ -204,6 +204,8 @@ def _in_process(fn, *args):
 def bench_influence() -> list[dict]:
     rows = []
     cases = [("tiny", q) for q in (16, 32, 64, 128)] + [("smollm2", 4)]
+    if os.environ.get("BENCH_INFLUENCE_Q"):                 # e.g. BENCH_INFLUENCE_Q=16,64: a subset, tiny only
+        cases = [("tiny", int(q)) for q in os.environ["BENCH_INFLUENCE_Q"].split(",")]
     for model_kind, q in cases:
         res = {m: _in_process(_influence_worker, m, model_kind, q, 1 if model_kind == "smollm2" or q > 32 else 2)
                for m in ("floor", "ours", "loop")}

@@ -147,12 +147,13 @@ class _TemperedLogprob(torch.autograd.Function):
         for i in range(0, logits.shape[0], c):
             g = grad_out[i:i + c, None].to(lse.dtype)                     # [c, 1]
             # softmax(logits / T) in place: in the output block itself when it has the accumulation dtype
-            d = grad[i:i + c] if grad.dtype == lse.dtype else torch.empty_like(logits[i:i + c], dtype=lse.dtype)
+            inplace = grad.dtype == lse.dtype
+            d = grad[i:i + c] if inplace else torch.empty_like(logits[i:i + c], dtype=lse.dtype)
             torch.div(logits[i:i + c], t, out=d)
             d.sub_(lse[i:i + c, None]).exp_().mul_(-g)                     # -p * g
             d.scatter_add_(-1, targets[i:i + c, None], g)                  # + onehot * g
             d.div_(t)
-            if d.data_ptr() != grad[i:i + c].data_ptr():
+            if not inplace:
                 grad[i:i + c] = d
         return grad, None, None, None
 
@@ -213,11 +214,14 @@ def tis_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor | Non
     return torch.clamp(raw, max=cap)
 
 
-def token_mean_normaliser(response_mask: torch.Tensor, minibatch_size: int) -> float:
+def token_mean_normaliser(response_mask: torch.Tensor | None, minibatch_size: int,
+                          totals: tuple[float, float] | None = None) -> float:
     """The global token-mean normaliser B * L_bar (spec §3.6): B = configured minibatch size in
-    responses, L_bar = mean response length over the whole update batch (response_mask [N, T]).
-    Constant within an update, so a partial last minibatch gets proportionally less weight."""
-    mean_len = response_mask.sum().item() / max(response_mask.shape[0], 1)
+    responses, L_bar = mean response length over the whole update batch (response_mask [N, T], or
+    totals = (response tokens, responses) summed over all ranks). Constant within an update, so a
+    partial last minibatch gets proportionally less weight."""
+    n_tok, n_rows = totals if totals is not None else (response_mask.sum().item(), response_mask.shape[0])
+    mean_len = n_tok / max(n_rows, 1)
     return float(minibatch_size) * max(mean_len, 1.0)
 
 
@@ -236,6 +240,13 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     tis_max, tis_truncated_frac, approx_kl (mean of lp_old - lp over response tokens), ratio_mean.
     """
     mask = response_mask.to(logprobs.dtype)                               # [N, T]
+    # padded positions are selected away first (not multiplied by 0 later): a non-finite value there
+    # reaches neither the loss nor, through 0 * nan, the gradient
+    on = mask > 0
+    logprobs = torch.where(on, logprobs, torch.zeros_like(logprobs))
+    old_logprobs = torch.where(on, old_logprobs, torch.zeros_like(old_logprobs))
+    if sampler_logprobs is not None:
+        sampler_logprobs = torch.where(on, sampler_logprobs, torch.zeros_like(sampler_logprobs))
     adv = advantages.to(logprobs.dtype)[:, None]                          # [N, 1]
     log_ratio = torch.clamp(logprobs - old_logprobs, -20.0, 20.0)
     ratio = torch.exp(log_ratio)                                          # [N, T]
@@ -246,15 +257,13 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     dual = torch.minimum(loss3, clipped)
     per_token = torch.where(adv < 0, dual, clipped)                       # [N, T]
     w = tis_weights(old_logprobs, sampler_logprobs, tis_cap)              # [N, T] detached
-    # a masked sum that selects (not multiplies): a non-finite value at a padded position cannot reach it
-    loss = torch.where(mask > 0, per_token * w * mask, torch.zeros_like(per_token)).sum() / normaliser
+    loss = (per_token * w * mask).sum() / normaliser
 
     with torch.no_grad():
         ntok = mask.sum().clamp(min=1)
         mmean = lambda x: (x * mask).sum() / ntok
         raw = (torch.exp(torch.clamp(old_logprobs - sampler_logprobs, -20.0, 20.0))
                if sampler_logprobs is not None else torch.ones_like(w))
-        on = mask > 0
         stats = {
             "clip_frac": mmean((loss2 > loss1).to(mask.dtype)),
             "dual_clip_frac": mmean(((adv < 0) & (loss3 < clipped)).to(mask.dtype)),

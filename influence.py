@@ -15,19 +15,25 @@ A positive score: one solver step on q is expected to lower the dev policy loss 
 
 Why it is fast. The paper's code spends one full backward pass per question. Here one forward over a
 chunk of questions is followed by ONE backward that computes activation gradients only
-(`torch.autograd.grad` to the embedding output; parameter `.grad` is never touched). For every module a
-tensor hook receives the output gradient delta and, with the input x captured in the forward, builds the
-per-question weight gradients directly: for a Linear layer g_q = sum_{tokens of q} delta_t x_t^T, one
-batched matmul [Q, out, T_q] @ [Q, T_q, in]. That is the same arithmetic as the ordinary weight gradient,
-just kept apart per question, and it is then preconditioned and reduced to two scalars per question
-(<gamma_q, m> and ||gamma_q||^2) before the next module's gradient arrives, so at most one module's
-[Q_chunk, *param] block is alive at a time. Exact: identical to the per-question loop (the tests compare
-them mode by mode); `chunk_questions` bounds memory.
+(`torch.autograd.grad` to the embedding output; parameter `.grad` is never touched). Every module's
+output passes through a tap (_Tap, an identity autograd function) that saves the module's input x; its
+backward receives the output gradient delta and builds the per-question weight gradients directly: for a
+Linear layer g_q = sum_{tokens of q} delta_t x_t^T, one batched matmul [Q, out, T_q] @ [Q, T_q, in].
+That is the same arithmetic as the ordinary weight gradient, just kept apart per question, and it is then
+preconditioned and reduced to two scalars per question (<gamma_q, m> and ||gamma_q||^2) before the next
+module's gradient arrives, so at most one module's [Q_chunk, *param] block is alive at a time. Exact:
+identical to the per-question loop (the tests compare them mode by mode, with and without checkpointing).
+
+Memory: every forward (dev gradient and question pass) holds at most `max_tokens` padded tokens; a
+question whose rollouts do not fit one forward is scored by the paper's own per-question backward (its
+rows micro-batched under the budget and spread over the ranks, its gradient accumulated in the sharded
+.grad, then reduced shard by shard) -- see influence_scores. Activation checkpointing (non-reentrant,
+rollout.set_activation_checkpointing) works in both paths: x is a saved tensor of the tap, so the
+checkpointed layer's recomputation supplies it in the backward.
 
 Supported parameter owners: nn.Linear, nn.Embedding, and 1-D elementwise-affine layers (RMSNorm,
 LayerNorm: out = a(x) + b(x) * weight [+ bias]). Tied input/output embeddings are summed per question
-before preconditioning. Anything else raises a clear error naming the module. Gradient checkpointing must
-be off during the call (the hooks need the forward's activations).
+before preconditioning. Anything else raises a clear error naming the module.
 
 Distributed (torchrun, FSDP2): every rank scores the questions of its own rollouts. The dev gradient m
 comes from an ordinary backward (FSDP2 reduce-scatters it into shards; the loss is scaled by the world size
@@ -53,6 +59,7 @@ import torch.nn as nn
 from dugrpo import acc_dtype, group_advantages, tis_weights, token_logprobs, varying_groups
 
 MODES = ("dot", "cosine", "preconditioned_dot", "preconditioned_cosine")
+TEMP_ELEMENTS = 1 << 26     # floats per fp32 temporary of the hook path (256 MB): slices bound the copies
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,8 +142,12 @@ def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_s
     """
     lp = token_logprobs(model, rollouts.input_ids, rollouts.attention_mask, temperature,
                         rollouts.response_mask)                                            # [N, T]
-    w = tis_weights(lp.detach(), rollouts.sampler_logprobs, tis_cap)                       # [N, T]
-    per_row = torch.where(rollouts.response_mask > 0, w * lp, torch.zeros_like(lp)).sum(-1)  # [N]
+    on = rollouts.response_mask > 0
+    lp = torch.where(on, lp, torch.zeros_like(lp))                 # select: no 0 * nan in the gradient
+    slp = rollouts.sampler_logprobs
+    slp = None if slp is None else torch.where(on, slp, torch.zeros_like(slp))
+    w = tis_weights(lp.detach(), slp, tis_cap)                                               # [N, T]
+    per_row = (w * on * lp).sum(-1)                                                          # [N]
     return -(row_scale.to(lp.dtype) * adv.to(lp.dtype) * per_row).sum()
 
 
@@ -315,11 +326,24 @@ class _Blocks:
         qc = self.qc
         with torch.no_grad():
             if kind == "linear":
-                xin = x.reshape(qc, -1, x.shape[-1]).to(self.acc)                # [Qc, G*T, in]
-                d = delta.reshape(qc, -1, delta.shape[-1]).to(self.acc)          # [Qc, G*T, out]
-                blocks = {"weight": torch.bmm(d.transpose(1, 2), xin)}          # [Qc, out, in]
-                if "bias" in names:
-                    blocks["bias"] = d.sum(1)                                    # [Qc, out]
+                xin = x.reshape(qc, -1, x.shape[-1])                             # [Qc, G*T, in]
+                d = delta.reshape(qc, -1, delta.shape[-1])                       # [Qc, G*T, out]
+                n_tok, width = d.shape[1], max(d.shape[2], xin.shape[2])
+                step = max(1, TEMP_ELEMENTS // (qc * width))                     # tokens per fp32 slice
+                if step >= n_tok:                                                # one slice: one bmm
+                    d, xin = d.to(self.acc), xin.to(self.acc)
+                    blocks = {"weight": torch.bmm(d.transpose(1, 2), xin)}      # [Qc, out, in]
+                    if "bias" in names:
+                        blocks["bias"] = d.sum(1)                                # [Qc, out]
+                else:             # token slices: the fp32 copies of delta and x stay <= TEMP_ELEMENTS
+                    w = torch.zeros(qc, d.shape[2], xin.shape[2], dtype=self.acc, device=d.device)
+                    bias = torch.zeros(qc, d.shape[2], dtype=self.acc, device=d.device) if "bias" in names else None
+                    for s in range(0, n_tok, step):
+                        ds = d[:, s:s + step].to(self.acc)
+                        w.baddbmm_(ds.transpose(1, 2), xin[:, s:s + step].to(self.acc))
+                        if bias is not None:
+                            bias += ds.sum(1)
+                    blocks = {"weight": w} if bias is None else {"weight": w, "bias": bias}
             elif kind == "embedding":
                 v, h = mod.weight.shape[0], delta.shape[-1]
                 ids = x.reshape(qc, -1)                                          # [Qc, G*T]
@@ -355,15 +379,18 @@ class _Blocks:
         over one [Qc, *P] block, then a matrix-vector product for the dots and one norm pass."""
         p = self.params[name]
         m = _full(self.m[name]).to(device=g.device, dtype=g.dtype).reshape(-1)          # [P]
-        if self.mode.startswith("preconditioned"):
-            v, step, beta2, eps = adamw_state(self.optimizer, p)
-            v = _full(v)
-            u = _precondition_(g, None if v is None else v.to(device=g.device, dtype=g.dtype), step, beta2, eps)
-        else:
-            u = g
-        u = u.reshape(self.qc, -1)                                                        # [Qc, P]
-        self.dot = self.dot + (u @ m).double().cpu()                                      # [Qc]
-        self.norm2 = self.norm2 + torch.linalg.vector_norm(u, dim=1).double().pow(2).cpu()  # [Qc]
+        pre = self.mode.startswith("preconditioned")
+        v, step, beta2, eps = adamw_state(self.optimizer, p) if pre else (None, 0, 0.0, 0.0)
+        if v is not None:
+            v = _full(v).to(device=g.device, dtype=g.dtype).reshape(-1)                 # [P]
+        g = g.reshape(self.qc, -1)                                                        # [Qc, P]
+        cols = max(1, TEMP_ELEMENTS // self.qc)      # columns per slice: the preconditioner's temporary
+        for s in range(0, g.shape[1], cols):        # (one slice for all but the largest modules)
+            u = g[:, s:s + cols]
+            if pre:
+                u = _precondition_(u, None if v is None else v[s:s + cols], step, beta2, eps)
+            self.dot = self.dot + (u @ m[s:s + cols]).double().cpu()                      # [Qc]
+            self.norm2 = self.norm2 + torch.linalg.vector_norm(u, dim=1).double().pow(2).cpu()  # [Qc]
 
 
 class _Tap(torch.autograd.Function):

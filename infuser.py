@@ -343,10 +343,18 @@ class Role:
     sync: object = None
 
     def sample(self, prompts: list[list[dict]], params: SamplingParams, seeds: list[int]) -> list[list[Sample]]:
+        # an engine with a sleep mode (vLLM on CUDA) holds its memory only while it samples: the updates
+        # in between run with its weights on the CPU and its KV cache freed (the memory plan assumes so)
+        wake, sleep = getattr(self.engine, "wake_up", None), getattr(self.engine, "sleep", None)
+        if wake is not None:
+            wake()
         if self.sync is not None:
             self.sync()
         # called even with no prompts: under FSDP2 the engine's weight gather is a collective
-        return self.engine.generate(prompts, params, seeds=seeds)
+        out = self.engine.generate(prompts, params, seeds=seeds)
+        if sleep is not None:
+            sleep()
+        return out
 
 
 @dataclass
@@ -452,7 +460,7 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
     if n_rows == 0:
         return {}
     group_size = cfg.n_solver if role.name == "solver" else cfg.n_gen
-    normaliser = cfg.ppo_minibatch_groups * group_size * (n_tok / n_rows)
+    normaliser = dugrpo.token_mean_normaliser(None, cfg.ppo_minibatch_groups * group_size, (n_tok, n_rows))
     sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
     scale = float(world) if sharded else 1.0
     minibatches = [group_order[i:i + cfg.ppo_minibatch_groups]

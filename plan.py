@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 
 GiB = 2 ** 30
-CUDA_RESERVE_GB = 2.0      # assumed: CUDA context, cuBLAS workspace, NCCL buffers of the trainer process
-VLLM_SLEEP_GB = 2.0        # assumed: what a sleeping vLLM engine keeps (CUDA graphs, its context)
+CUDA_RESERVE_GB = 2.0      # GiB, assumed: CUDA context, cuBLAS workspace, NCCL buffers of the trainer process
+VLLM_SLEEP_GB = 2.0        # GiB, assumed: what a sleeping vLLM engine keeps (CUDA graphs, its context)
 
 # The architectures of the paper's models and of the one-GPU smoke model (their public config.json values).
 _QWEN3 = dict(max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, vocab_size=151936,
@@ -112,7 +112,7 @@ class PeakTracker:
     micro-batch loop and every checkpointed layer does)."""
 
     def __init__(self):
-        self.live, self.by_cat, self.now, self.peak, self.at_peak = {}, {}, 0, 0, {}
+        self.live, self.by_cat, self.now, self.peak, self.at_peak, self.start = {}, {}, 0, 0, {}, 0
 
     def track(self, t, cat=None):
         from torch.utils._python_dispatch import is_traceable_wrapper_subclass
@@ -203,7 +203,7 @@ class _RealMetadata:
 class Planner:
     """Both roles built under fake tensors, sharded like train.make_role; `phase()` measures one phase."""
 
-    def __init__(self, cfg, world: int):
+    def __init__(self, cfg, world: int, fake: bool = True, configs: dict | None = None):
         from torch._subclasses.fake_tensor import FakeTensorMode
         from transformers import AutoModelForCausalLM
         import train
@@ -216,11 +216,12 @@ class Planner:
                 dist.destroy_process_group()
             dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
             self.mesh = init_device_mesh("cpu", (world,))          # outside the fake mode
-        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.fake = fake
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
         self.models, self.opts = {}, {}
         old = torch.get_default_dtype()
-        configs = {name: model_config(spec, cfg) for name, spec in
-                   (("solver", cfg.model), ("generator", cfg.generator_model or cfg.model))}
+        configs = configs or {name: model_config(spec, cfg) for name, spec in
+                              (("solver", cfg.model), ("generator", cfg.generator_model or cfg.model))}
         with self.mode:
             torch.set_default_dtype(getattr(torch, cfg.dtype))
             try:
@@ -243,6 +244,11 @@ class Planner:
         self.amp = (torch.autocast("cpu", dtype=getattr(torch, cfg.compute_dtype))
                     if world == 1 and cfg.compute_dtype != "float32" else contextlib.nullcontext())
 
+    def checkpointing(self, on: bool) -> None:
+        from rollout import set_activation_checkpointing
+        for model in self.models.values():
+            set_activation_checkpointing(model, on)
+
     def resident(self, name: str) -> list:
         return list(self.models[name].parameters()) + _opt_tensors(self.opts[name])
 
@@ -260,21 +266,53 @@ class Planner:
             tr.track(t, "held")
         hooks = [p.register_post_accumulate_grad_hook(lambda p: tr.track(p.grad, "grads"))
                  for p in model.parameters()]
+        rss = None
+        if not self.fake:            # a real run: the process's own peak first, without the tracker's objects
+            rss0 = _rss_reset()
+            with self.amp:
+                fn(model, opt)
+                model.zero_grad(set_to_none=True)
+            rss = _rss_peak() - rss0
         try:
-            with self.mode, _RealMetadata(), self.amp, tr.mode():
+            with self.mode, (_RealMetadata() if self.fake else contextlib.nullcontext()), self.amp, tr.mode():
+                tr.start = tr.now
                 fn(model, opt)
                 model.zero_grad(set_to_none=True)
         finally:
             for h in hooks:
                 h.remove()
-        return tr.breakdown()
+        out = tr.breakdown()
+        out["increment"] = (tr.peak - tr.start) / GiB          # the phase's own peak above what it started with
+        if rss is not None:
+            out["rss_increment"] = rss / GiB
+        return out
 
 
-def run_phases(cfg, world: int, only: str | None = None) -> dict[str, dict]:
+def _rss_reset() -> int:
+    """Current resident set size in bytes, after resetting the kernel's peak-RSS mark (Linux clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def _rss_peak() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def run_phases(cfg, world: int, only: str | None = None, planner: Planner | None = None) -> dict[str, dict]:
     """{phase: breakdown in GiB} for every phase (or just `only`)."""
     import influence
     import infuser
-    pl = Planner(cfg, world)
+    pl = planner or Planner(cfg, world)
+    pl.checkpointing(cfg.activation_checkpointing)
     v = pl.vocab
     s_width = cfg.max_prompt_tokens + cfg.solver_max_new_tokens
     g_width = cfg.max_prompt_tokens + cfg.gen_max_new_tokens
@@ -288,24 +326,36 @@ def run_phases(cfg, world: int, only: str | None = None) -> dict[str, dict]:
 
     def dev_phase(model, opt):
         keep["m"] = influence.dev_gradient(model, dev, cfg.temperature, cfg.tis_cap, cfg.influence_tokens)
-    if want("dev gradient") or want("influence"):
+    if only is None or only.startswith(("dev gradient", "influence")):
         ph = pl.phase("solver", dev_phase)
         if want("dev gradient"):
             out["dev gradient"] = ph
 
-    # influence: one question group of n_solver full-width rows, or chunk_questions of them if they fit
+    # influence, two worst cases: (a) full-width questions (the per-question backward when a group does
+    # not fit the budget, else as many whole groups as fit); (b) the hook path at its most questions per
+    # forward: influence_chunk groups of the width that just fits the budget (the [Qc, *param] blocks,
+    # e.g. Qc x the LM head, are largest then)
     m = keep.get("m") or {}
-    fits_one = cfg.n_solver * s_width <= cfg.influence_tokens
-    n_q = min(cfg.influence_chunk, max(1, cfg.influence_tokens // (cfg.n_solver * s_width))) if fits_one else 1
-    gen = worst_rollouts(n_q * cfg.n_solver, cfg.max_prompt_tokens, cfg.solver_max_new_tokens, v, cfg.n_solver)
+    g = cfg.n_solver
+    cases = []
+    if g * s_width <= cfg.influence_tokens:
+        cases.append(("influence", min(cfg.influence_chunk, cfg.influence_tokens // (g * s_width)), s_width))
+    else:
+        cases.append(("influence (split)", 1, s_width))
+    w_hook = min(s_width, cfg.influence_tokens // (g * cfg.influence_chunk))
+    if w_hook >= 2 and (cases[0][1] < cfg.influence_chunk or w_hook < s_width):
+        cases.append(("influence (hook)", cfg.influence_chunk, w_hook))
+    for name, n_q, w in cases:
+        prompt = min(cfg.max_prompt_tokens, max(1, w // 3)) if w < s_width else cfg.max_prompt_tokens
+        gen = worst_rollouts(n_q * g, prompt, w - prompt, v, g)
 
-    def infl_phase(model, opt):
-        with influence._train_mode(model):
-            influence._question_scalars(model, opt, m, gen, cfg.similarity_mode, cfg.temperature, cfg.tis_cap,
-                                        cfg.influence_chunk, cfg.influence_tokens)
-    if want("influence"):
-        out["influence"] = pl.phase("solver", infl_phase, held=list(m.values()))
-        out["influence"]["path"] = "hook" if fits_one else "per-question backward"
+        def infl_phase(model, opt, gen=gen):
+            with influence._train_mode(model):
+                influence._question_scalars(model, opt, m, gen, cfg.similarity_mode, cfg.temperature,
+                                            cfg.tis_cap, cfg.influence_chunk, cfg.influence_tokens)
+        if want(name):
+            out[name] = pl.phase("solver", infl_phase, held=list(m.values()))
+            out[name]["path"] = f"{n_q} x {g} rows x {w} tokens"
     keep.clear()
 
     # one PPO micro-batch step with grad clip and AdamW, per role
@@ -328,13 +378,11 @@ def run_phases(cfg, world: int, only: str | None = None) -> dict[str, dict]:
     if want("rollout"):
         out["rollout"] = dict.fromkeys(["params", "grads", "optimizer", "activations", "temporaries"], 0.0)
         out["rollout"].update(held=res, total=res)
-    if dist.is_initialized():
-        dist.destroy_process_group()
     return out
 
 
-def _fits(cfg, world, gpu_gb, only=None) -> tuple[bool, dict, dict]:
-    phases = run_phases(cfg, world, only)
+def _fits(cfg, world, gpu_gb, only=None, planner=None) -> tuple[bool, dict, dict]:
+    phases = run_phases(cfg, world, only, planner)
     vllm = cfg.engine == "vllm"
     for name, ph in phases.items():
         awake = name == "rollout"
@@ -346,43 +394,51 @@ def _fits(cfg, world, gpu_gb, only=None) -> tuple[bool, dict, dict]:
 
 
 KNOBS = {"dev gradient": ("influence_tokens",), "influence": ("influence_tokens", "influence_chunk"),
+         "influence (split)": ("influence_tokens",), "influence (hook)": ("influence_chunk", "influence_tokens"),
          "solver step": ("micro_batch",), "generator step": ("micro_batch",),
          "rollout": ("vllm_gpu_memory_utilization",)}
 
 
-def suggest(cfg, world, gpu_gb, phase: str) -> str:
-    """The first knob (halving it, down to its floor) with which the failing phase fits, else a hint."""
-    hints = []
-    if not cfg.activation_checkpointing and phase != "rollout":
-        trial = dataclasses.replace(cfg, activation_checkpointing=True)
-        if _fits(trial, world, gpu_gb, phase)[1][phase]["fits"]:
+def suggest(cfg, world, gpu_gb, phase: str, phases: dict, planner: Planner) -> str:
+    """The knob with which the failing phase fits: activation checkpointing first, then each of the
+    phase's knobs, tried at its floor (if even that fails: next knob) and then halved from its value
+    until it fits. The models are built once (`planner`); each trial reruns just that phase."""
+    if phase == "rollout":
+        ph = phases[phase]
+        room = (gpu_gb - ph["total"] - ph["reserve"]) / gpu_gb
+        return (f"--vllm_gpu_memory_utilization={int(room * 100) / 100:g}" if room >= 0.05 else
+                "nothing in reach: the two models alone do not fit; more GPUs (--plan_world_size)")
+    fits = lambda c: _fits(c, world, gpu_gb, phase, planner)[1][phase]["fits"]
+    base = cfg
+    if not cfg.activation_checkpointing:
+        base = dataclasses.replace(cfg, activation_checkpointing=True)
+        if fits(base):
             return "--activation_checkpointing"
-        hints.append("--activation_checkpointing")
+    floors = {"influence_tokens": 1024, "influence_chunk": 1, "micro_batch": 1}
     for knob in KNOBS[phase]:
-        val = getattr(cfg, knob)
-        floor = {"influence_tokens": 1024, "influence_chunk": 1, "micro_batch": 1,
-                 "vllm_gpu_memory_utilization": 0.1}[knob]
-        while val / 2 >= floor or (isinstance(val, float) and val - 0.1 >= floor):
-            val = round(val - 0.1, 2) if isinstance(val, float) else val // 2
-            trial = dataclasses.replace(cfg, **{knob: val}, activation_checkpointing=True) \
-                if hints else dataclasses.replace(cfg, **{knob: val})
-            if _fits(trial, world, gpu_gb, phase)[1][phase]["fits"]:
-                return " ".join(hints + [f"--{knob}={val}"])
+        val = getattr(base, knob)
+        if val <= floors[knob] or not fits(dataclasses.replace(base, **{knob: floors[knob]})):
+            continue
+        val //= 2
+        while val > floors[knob] and not fits(dataclasses.replace(base, **{knob: val})):
+            val //= 2
+        extra = "--activation_checkpointing " if base is not cfg else ""
+        return f"{extra}--{knob}={max(val, floors[knob])}"
     return "nothing in reach: more GPUs (--plan_world_size) or shorter --max_prompt_tokens / --*_max_new_tokens"
 
 
 def format_plan(cfg, world, gpu_gb, phases) -> str:
     cols = ["params", "grads", "optimizer", "activations", "temporaries", "held", "vllm", "reserve", "gpu"]
     head = f"{'phase (GiB per GPU)':<22}" + "".join(f"{c:>12}" for c in cols)
-    lines = [f"memory plan: preset {cfg.preset}, model {cfg.model}, {world} x {gpu_gb:g} GB, dtype {cfg.dtype}, "
+    lines = [f"memory plan: preset {cfg.preset}, model {cfg.model}, {world} x {gpu_gb:g} GiB, dtype {cfg.dtype}, "
              f"compute {cfg.compute_dtype}, activation_checkpointing {cfg.activation_checkpointing}",
              f"  worst case: rows of max_prompt_tokens {cfg.max_prompt_tokens} + solver {cfg.solver_max_new_tokens}"
              f" / generator {cfg.gen_max_new_tokens} new tokens; micro_batch {cfg.micro_batch}, influence_tokens "
              f"{cfg.influence_tokens}, influence_chunk {cfg.influence_chunk}, engine {cfg.engine}"
-             + (f" (vllm_gpu_memory_utilization {cfg.vllm_gpu_memory_utilization} awake, {VLLM_SLEEP_GB:g} GB "
+             + (f" (vllm_gpu_memory_utilization {cfg.vllm_gpu_memory_utilization} awake, {VLLM_SLEEP_GB:g} GiB "
                 f"asleep, assumed)" if cfg.engine == "vllm" else ""),
              "  held = the other role's weights and AdamW state (+ the dev gradient m during influence); "
-             f"reserve = CUDA context + NCCL (assumed {CUDA_RESERVE_GB:g} GB)", head]
+             f"reserve = CUDA context + NCCL (assumed {CUDA_RESERVE_GB:g} GiB)", head]
     for name, ph in phases.items():
         lines.append(f"{name:<22}" + "".join(f"{ph[c]:>12.1f}" for c in cols)
                      + ("" if ph["fits"] else "   <- does not fit")
@@ -395,16 +451,55 @@ def main(cfg) -> int:
     if world < 1 or gpu_gb <= 0:
         raise PlanError("--plan_world_size must be >= 1 and --plan_gpu_gb > 0")
     tick = time.perf_counter()
-    ok, phases, _ = _fits(cfg, world, gpu_gb)
-    print(format_plan(cfg, world, gpu_gb, phases), flush=True)
-    bad = [n for n, p in phases.items() if not p["fits"]]
-    for name in bad:
-        print(f"  {name}: needs {phases[name]['gpu']:.1f} of {gpu_gb:g} GB; would fit with "
-              f"{suggest(cfg, world, gpu_gb, name)}", flush=True)
+    planner = Planner(cfg, world)
+    try:
+        ok, phases, _ = _fits(cfg, world, gpu_gb, None, planner)
+        print(format_plan(cfg, world, gpu_gb, phases), flush=True)
+        bad = [n for n, p in phases.items() if not p["fits"]]
+        for name in bad:
+            print(f"  {name}: needs {phases[name]['gpu']:.1f} of {gpu_gb:g} GiB; would fit with "
+                  f"{suggest(cfg, world, gpu_gb, name, phases, planner)}", flush=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     peak = max(p["gpu"] for p in phases.values())
     print(f"(planned in {time.perf_counter() - tick:.0f} s)")
     if bad:
-        print(f"does not fit: {', '.join(bad)} (peak {peak:.1f} of {gpu_gb:g} GB per GPU)")
+        print(f"does not fit: {', '.join(bad)} (peak {peak:.1f} of {gpu_gb:g} GiB per GPU)")
         return 3
-    print(f"fits: peak {peak:.1f} of {gpu_gb:g} GB per GPU ({max(phases, key=lambda n: phases[n]['gpu'])})")
+    print(f"fits: peak {peak:.1f} of {gpu_gb:g} GiB per GPU ({max(phases, key=lambda n: phases[n]['gpu'])})")
     return 0
+
+
+def validate(cfg=None, configs=None) -> list[dict]:
+    """The plan against a real run, on CPU: every phase of a small fp32 model predicted on fake tensors and
+    then run for real, the phase's peak above its starting memory compared with (a) the same tracker on the
+    real tensors and (b) the process's peak-RSS increment (kernel VmHWM after clear_refs; glibc told to
+    mmap every allocation >= 64 KiB so that freed memory leaves the RSS: MALLOC_MMAP_THRESHOLD_=65536 in
+    the environment of the process). The real phases run twice and the second run is measured, so that
+    one-time costs (lazy imports, first use of checkpointing) do not count. One row per phase."""
+    import train
+    from transformers import Qwen3Config
+    if cfg is None:
+        cfg = train.parse_config(["--preset", "tiny", "--max_prompt_tokens=256", "--solver_max_new_tokens=768",
+                                  "--gen_max_new_tokens=768", "--micro_batch=4", "--n_solver=4",
+                                  "--influence_tokens=8192", "--influence_chunk=2"])
+    if configs is None:
+        small = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=64, vocab_size=32000, tie_word_embeddings=False)
+        configs = {"solver": Qwen3Config(**small), "generator": Qwen3Config(**small)}
+    rows = []
+    torch.manual_seed(0)
+    pred = run_phases(cfg, 1, planner=Planner(cfg, 1, fake=True, configs=configs))
+    torch.manual_seed(0)
+    real_planner = Planner(cfg, 1, fake=False, configs=configs)
+    run_phases(cfg, 1, planner=real_planner)        # warm-up: lazy imports and one-time set-up of torch
+    real = run_phases(cfg, 1, planner=real_planner)
+    for name in pred:
+        if name == "rollout":
+            continue
+        p, r = pred[name]["increment"], real[name]
+        rows.append({"phase": name, "predicted_gib": round(p, 4), "tracker_real_gib": round(r["increment"], 4),
+                     "rss_gib": round(r["rss_increment"], 4), "rss_over_predicted": round(r["rss_increment"] / p, 3),
+                     "tracker_real_over_predicted": round(r["increment"] / p, 3)})
+    return rows

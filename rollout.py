@@ -809,12 +809,14 @@ class VLLMEngine:
 
     def sleep(self, level: int = 1):
         """Free the engine's accelerator memory (level 1: weights to CPU, KV cache dropped)."""
-        if self.sleep_mode:
+        if self.sleep_mode and not getattr(self, "asleep", False):
             self.llm.sleep(level=level)
+            self.asleep = True
 
     def wake_up(self):
-        if self.sleep_mode:
+        if self.sleep_mode and getattr(self, "asleep", False):
             self.llm.wake_up()
+            self.asleep = False
 
     def sync_weights(self, model) -> dict:
         """sync_weights_to_vllm with bounds for this engine's dtype: fp32 max 1e-3 / mean 1e-4; bf16/fp16

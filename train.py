@@ -20,16 +20,21 @@ engine=vllm runs one colocated vLLM engine per rank, shared by both roles, and e
 rollout's one weight-sync function (untested with more than one rank: vLLM may need its
 "external_launcher" executor under torchrun).
 
-Memory plan for the 8B recipe on 8 x 80 GB (bf16 compute, fp32 master weights and Adam states, FSDP2):
-  per model    8.2e9 params x (4 B weights + 4 B grads + 8 B Adam m,v) = 131 GB  -> / 8 ranks = 16.4 GB
-  two models   generator + solver                                      = 32.8 GB per GPU
-  dev gradient m (fp32, sharded like the weights)                      =  4.1 GB per GPU
-  vLLM         gpu_memory_utilization 0.3 x 80 GB (bf16 weights 16.4 GB + KV cache)   = 24 GB per GPU
-  left for activations (micro-batch 4 x <= 12k tokens with activation checkpointing) and the
-  influence pass (one module's [chunk, out, in] per-question gradient block + its gathered m and v:
-  e.g. the 151,936 x 4,096 lm_head: chunk x 2.5 GB + 5 GB)                ~ 19 GB
-  Influence needs gradient checkpointing off inside its pass; use --influence_chunk=1 on 80 GB cards.
-  With offloading of the idle role's optimizer state to CPU (not implemented here) the margin grows.
+Memory: `python train.py --preset NAME --plan --plan_world_size=N --plan_gpu_gb=G` (plan.py) builds the
+preset's models under fake tensors, shards them with FSDP2 over a fake N-rank group, runs the real phases at
+the preset's worst-case lengths and prints per-GPU peak memory per phase (GiB); exit 0 fits, 3 does not.
+`python train.py --preset qwen3-8b-base --plan --plan_world_size=8 --plan_gpu_gb=80` (110 s on 2 cores):
+  phase (GiB per GPU)  params  grads  optimizer  activations  temporaries  held  vllm  reserve    gpu
+  dev gradient            3.8    3.8        7.6         18.5          5.5  11.4   2.0      2.0   54.7
+  influence (split)       3.8    3.2        7.6         15.5          7.0  15.3   2.0      2.0   56.4
+  influence (hook)        3.8    0.0        7.6         20.5         20.0  15.3   2.0      2.0   71.2
+  solver step             3.8    0.0        7.6         27.3          4.8  11.4   2.0      2.0   59.0
+  generator step          3.8    0.0        7.6         27.3          4.8  11.4   2.0      2.0   59.0
+  rollout                 0.0    0.0        0.0          0.0          0.0  22.9  40.0      2.0   64.9
+held = the other role's weights and AdamW state (+ the dev gradient m during influence); vllm = its share
+while awake (rollout) or asleep (assumed 2 GiB); reserve = CUDA context + NCCL (assumed 2 GiB). What the
+presets set for it: activation checkpointing, micro_batch, influence_tokens (padded tokens per dev-gradient
+and influence forward), influence_chunk (questions per hook-path forward), vllm_gpu_memory_utilization.
 """
 from __future__ import annotations
 
@@ -127,8 +132,8 @@ class Config:
     skip_dev_rollout: bool = False
     # the memory plan (plan.py): print per-GPU peak memory per phase instead of training
     plan: bool = False
-    plan_world_size: int = 8
-    plan_gpu_gb: float = 80.0
+    plan_world_size: int = 8             # GPUs of the planned run (a fake process group of this size)
+    plan_gpu_gb: float = 80.0            # memory of one GPU in GiB (an "80 GB" H100 reports 79.6 GiB)
 
 
 PRESETS: dict[str, dict] = {
@@ -143,16 +148,29 @@ PRESETS: dict[str, dict] = {
                  gen_max_new_tokens=16, solver_max_new_tokens=8, max_prompt_tokens=8192, solver_lr=1e-3,
                  generator_lr=1e-3, ppo_minibatch_groups=2, micro_batch=4, progress=False),
     # the paper recipes (spec §9): give --documents and --dev paths to the released data
+    # Memory knobs (micro_batch, influence_tokens, activation_checkpointing, vllm share) are set so that
+    # `python train.py --preset NAME --plan` fits (README "Memory plan"); they change no number of the
+    # maths (micro-batches are gradient accumulation only; the paper's code uses 8 / 4 per GPU).
     "qwen3-4b-base": dict(model="Qwen/Qwen3-4B-Base", documents="", dev="", test="", solver_lr=2e-6,
-                          generator_lr=6e-6, micro_batch=8, compute_dtype="bfloat16", engine="vllm",
-                          iterations=100, save_every=5),
+                          generator_lr=6e-6, micro_batch=4, compute_dtype="bfloat16", engine="vllm",
+                          iterations=100, save_every=5, activation_checkpointing=True, influence_tokens=24576,
+                          influence_chunk=4, vllm_gpu_memory_utilization=0.5),
     "qwen3-8b-base": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", solver_lr=2e-6,
-                          generator_lr=4e-6, micro_batch=4, compute_dtype="bfloat16", engine="vllm",
-                          iterations=100, save_every=5),
+                          generator_lr=4e-6, micro_batch=2, compute_dtype="bfloat16", engine="vllm",
+                          iterations=100, save_every=5, activation_checkpointing=True, influence_tokens=16384,
+                          influence_chunk=4, vllm_gpu_memory_utilization=0.5),
     # INFUSER+RLVR: hybrid documents (science + Putnam/AIME-history math) and a mixed dev set, mid-EOS -0.5
     "rlvr-hybrid": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", solver_lr=2e-6,
-                        generator_lr=4e-6, micro_batch=4, compute_dtype="bfloat16", engine="vllm",
-                        solver_mid_eos_penalty=-0.5, iterations=100, save_every=5),
+                        generator_lr=4e-6, micro_batch=2, compute_dtype="bfloat16", engine="vllm",
+                        solver_mid_eos_penalty=-0.5, iterations=100, save_every=5, activation_checkpointing=True,
+                        influence_tokens=16384, influence_chunk=4, vllm_gpu_memory_utilization=0.5),
+    # what someone with one GPU runs first: Qwen3-1.7B-Base, short lengths, 5 iterations (fits 1 x 141 GB)
+    "qwen3-1.7b-smoke": dict(model="Qwen/Qwen3-1.7B-Base", documents="", dev="", test="", solver_lr=2e-6,
+                             generator_lr=6e-6, compute_dtype="bfloat16", engine="vllm", iterations=5,
+                             save_every=5, doc_batch_size=16, n_gen=4, n_solver=4, max_prompt_tokens=2048,
+                             gen_max_new_tokens=2048, solver_max_new_tokens=2048, ppo_minibatch_groups=8,
+                             micro_batch=8, activation_checkpointing=True, influence_tokens=16384,
+                             influence_chunk=4, vllm_gpu_memory_utilization=0.4, plan_world_size=1, plan_gpu_gb=141.0),
 }
 
 CHOICES = {"engine": ("hf", "vllm"), "question_route": ("mcq", "free_form"),

@@ -220,3 +220,30 @@ def test_token_logprobs_with_response_mask_skips_the_prompt_head():
     assert seen == [12, 8]                         # positions 4..11 only: the first response token is at 5
     assert torch.all(part[:, :5] == 0)
     torch.testing.assert_close(part * rm, full * rm, rtol=1e-6, atol=1e-6)
+
+
+def test_policy_loss_ignores_non_finite_values_at_padded_positions():
+    """The masked sum selects: NaN / inf log-probs where response_mask is 0 leave the loss (and its
+    gradient) exactly as with finite values there (a multiply by the mask would give NaN)."""
+    from dugrpo import policy_loss
+    g = torch.Generator().manual_seed(0)
+    lp = (-torch.rand(3, 6, generator=g)).requires_grad_()
+    old = -torch.rand(3, 6, generator=g)
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]], dtype=torch.float32)
+    adv = torch.tensor([1.0, -0.5, 0.25])
+    clean, _ = policy_loss(lp, old, adv, mask, 10.0)
+    bad = lp.detach().clone()
+    bad[mask == 0] = float("nan")
+    bad[0, 5] = float("inf")
+    bad = bad.requires_grad_()
+    dirty, _ = policy_loss(bad, old, adv, mask, 10.0)
+    assert torch.isfinite(dirty) and torch.equal(dirty, clean)
+    dirty.backward()
+    clean.backward()
+    assert torch.equal(bad.grad[mask > 0], lp.grad[mask > 0]) and torch.all(bad.grad[mask == 0] == 0)
+
+
+def test_token_mean_normaliser_from_totals_equals_the_mask_form():
+    from dugrpo import token_mean_normaliser
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float32)
+    assert token_mean_normaliser(mask, 8) == token_mean_normaliser(None, 8, (5.0, 2)) == 8 * 2.5
