@@ -161,13 +161,14 @@ def _widths(rollouts) -> torch.Tensor:
     return rollouts.attention_mask.sum(-1).clamp(min=1)
 
 
-def row_batches(widths: list[int], max_tokens: int) -> list[list[int]]:
-    """Consecutive rows in micro-batches whose padded size (rows x widest row) stays <= max_tokens; a row
-    wider than the budget gets a micro-batch of its own. This bounds every forward's activations."""
+def row_batches(widths: list[int], max_tokens: float, max_items: int | None = None) -> list[list[int]]:
+    """Consecutive items (rows, or question groups) in batches whose padded size (items x widest item)
+    stays <= max_tokens and that hold at most max_items; an item wider than the budget gets a batch of
+    its own. This bounds every forward's activations."""
     out, cur, cur_w = [], [], 0
     for i, w in enumerate(widths):
         nw = max(cur_w, w)
-        if cur and (len(cur) + 1) * nw > max_tokens:
+        if cur and ((len(cur) + 1) * nw > max_tokens or (max_items is not None and len(cur) >= max_items)):
             out.append(cur)
             cur, nw = [], w
         cur.append(i)
@@ -496,20 +497,10 @@ def _question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chu
     widths = _widths(kept)
     g_max = _max_over_ranks(int(sizes.max()) if len(sizes) else 1)
     # pack whole questions into forwards of <= max_tokens padded tokens and <= chunk_questions questions
-    chunks, split, cur, cur_w = [], [], [], 0
-    for j, rows in enumerate(rows_of):
-        w = int(widths[rows].max())
-        if g_max * w > max_tokens:
-            split.append(j)
-            continue
-        nw = max(cur_w, w)
-        if cur and (len(cur) + 1 > chunk_questions or (len(cur) + 1) * g_max * nw > max_tokens):
-            chunks.append(cur)
-            cur, nw = [], w
-        cur.append(j)
-        cur_w = nw
-    if cur:
-        chunks.append(cur)
+    q_width = [int(widths[rows].max()) for rows in rows_of]       # a question's forward: g_max x its width
+    split = [j for j, w in enumerate(q_width) if g_max * w > max_tokens]
+    fit = [j for j, w in enumerate(q_width) if g_max * w <= max_tokens]
+    chunks = [[fit[k] for k in b] for b in row_batches([q_width[j] for j in fit], max_tokens / g_max, chunk_questions)]
 
     dot, norm2 = [torch.zeros((), dtype=torch.float64)] * len(qids), [torch.zeros((), dtype=torch.float64)] * len(qids)
     for c in range(_max_over_ranks(len(chunks))):
