@@ -71,6 +71,7 @@ class Config:
     save_every: int = 5                  # checkpoint every K iterations (and at the end); 0 = never
     keep_last: int = 2
     resume: str = ""                     # "" = fresh; "latest" (or --resume) = newest in out_dir; or a path
+    resume_any_config: bool = False      # resume even if a run-changing key (seed, model, sizes) differs
     wandb: str = ""                      # a wandb project name to log there too; "" = off
     progress: bool = True
     # models
@@ -427,46 +428,100 @@ def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: both models as HF safetensors dirs, both optimizers, RNG, data positions, config
+# Checkpoints: sharded training state (torch.distributed.checkpoint) + an HF export of each model
+#
+# ckpt_XXXXX/dcp/            both models and both AdamW states, every rank writing and reading only its
+#                            own shards (DCP); no rank ever holds a full optimizer state
+# ckpt_XXXXX/rng/rank_R.pt   the Python and torch RNG of rank R
+# ckpt_XXXXX/state.pt        iteration, config, world size, document stream, history (rank 0)
+# ckpt_XXXXX/<role>/         HF-loadable export (safetensors + config + tokenizer), streamed tensor by
+#                            tensor: rank 0 holds at most EXPORT_SHARD_BYTES of it at a time
+# Atomic: everything is written into .tmp_ckpt_XXXXX, which rank 0 renames into place after all ranks
+# are done; a crash while writing leaves the previous checkpoint as it was.
 
-def _full_state(role: infuser.Role):
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(role.model, options=opts), get_optimizer_state_dict(role.model, role.optimizer, options=opts)
+EXPORT_SHARD_BYTES = 2 * 2 ** 30
+
+
+def _dcp_state(roles: dict, with_optim: dict) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    out = {}
+    for name, r in roles.items():
+        out[name] = {"model": get_model_state_dict(r.model)}
+        if with_optim[name]:          # an AdamW that never stepped has no state: nothing to save or load
+            out[name]["optim"] = get_optimizer_state_dict(r.model, r.optimizer)
+    return out
+
+
+def export_hf(role: infuser.Role, out: Path, rank: int, shard_bytes: int = EXPORT_SHARD_BYTES) -> None:
+    """The role's model as an HF directory, one tensor at a time (each one a collective full_tensor()
+    under FSDP2); rank 0 writes safetensors files of <= shard_bytes (one model.safetensors when it fits,
+    else model-0000i-of-0000n.safetensors and the index HF reads)."""
+    from safetensors.torch import save_file
+    model = role.model
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    files, buf, size = [], {}, 0
+
+    def flush():
+        nonlocal buf, size
+        if buf:
+            path = out / f".part{len(files):05d}.safetensors"
+            save_file(buf, str(path), metadata={"format": "pt"})
+            files.append((path, list(buf)))
+            buf, size = {}, 0
+    for key, t in model.state_dict().items():
+        if tied and key == "lm_head.weight":
+            continue
+        full = t.full_tensor() if hasattr(t, "full_tensor") else t
+        if rank == 0:
+            buf[key] = full.detach().to("cpu", copy=True).contiguous()
+            size += buf[key].numel() * buf[key].element_size()
+            if size >= shard_bytes:
+                flush()
+        del full
+    if rank != 0:
+        return
+    flush()
+    if len(files) == 1:
+        os.replace(files[0][0], out / "model.safetensors")
+    else:
+        weight_map = {}
+        for i, (path, keys) in enumerate(files):
+            name = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
+            os.replace(path, out / name)
+            weight_map.update(dict.fromkeys(keys, name))
+        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    role.tokenizer.save_pretrained(out)
 
 
 def save_checkpoint(cfg: Config, it: int, roles: dict, stream: infuser.DocumentStream, extra: dict) -> str | None:
-    """Write out_dir/ckpt_XXXXX atomically (a temporary directory renamed into place); keep the last K."""
-    from safetensors.torch import save_file
-    rank = infuser.rank_world()[0]
-    states = {name: _full_state(r) for name, r in roles.items()}     # collective under FSDP2
+    """Write out_dir/ckpt_XXXXX atomically (a temporary directory renamed into place); keep the last K.
+    Collective under torchrun: every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    rank, world = infuser.rank_world()
+    out = Path(cfg.out_dir)
+    final, tmp = out / f"ckpt_{it:05d}", out / f".tmp_ckpt_{it:05d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rng").mkdir(parents=True)
+    _barrier()
+    with_optim = {name: len(r.optimizer.state) > 0 for name, r in roles.items()}
+    dcp.save(_dcp_state(roles, with_optim), checkpoint_id=str(tmp / "dcp"))
+    torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng" / f"rank_{rank}.pt")
+    for name, role in roles.items():
+        if rank == 0:
+            (tmp / name).mkdir()
+        export_hf(role, tmp / name, rank)
+    if rank == 0:
+        state = {"iteration": it, "config": asdict(cfg), "world_size": world, "optim_saved": with_optim,
+                 "documents": stream.state_dict(), **extra}
+        torch.save(state, tmp / "state.pt")
+        (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    _barrier()                           # every rank's shards are on disk before the rename
     if rank != 0:
         return None
-    out = Path(cfg.out_dir)
-    final = out / f"ckpt_{it:05d}"
-    tmp = out / f".tmp_ckpt_{it:05d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    optim = {}
-    for name, role in roles.items():
-        msd, osd = states[name]
-        d = tmp / name
-        d.mkdir()
-        model = role.model
-        tied = getattr(model.config, "tie_word_embeddings", False)
-        tensors = {k: v.contiguous().clone() for k, v in msd.items() if not (tied and k == "lm_head.weight")}
-        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
-        model.config.save_pretrained(d)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(d)
-        role.tokenizer.save_pretrained(d)
-        optim[name] = osd
-    torch.save(optim, tmp / "optim.pt")
-    state = {"iteration": it, "config": asdict(cfg), "documents": stream.state_dict(),
-             "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}, **extra}
-    torch.save(state, tmp / "state.pt")
-    (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -474,6 +529,11 @@ def save_checkpoint(cfg: Config, it: int, roles: dict, stream: infuser.DocumentS
     for old in ckpts[:-cfg.keep_last] if cfg.keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return str(final)
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def find_checkpoint(cfg: Config) -> Path | None:
@@ -490,23 +550,47 @@ def find_checkpoint(cfg: Config) -> Path | None:
     return ckpts[-1]
 
 
-def load_checkpoint(path: Path, roles: dict, stream: infuser.DocumentStream) -> dict:
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    optim = torch.load(path / "optim.pt", weights_only=False)
-    for name, role in roles.items():
-        sd = load_file(str(path / name / "model.safetensors"))
-        if getattr(role.model.config, "tie_word_embeddings", False) and "lm_head.weight" not in sd:
-            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-        set_model_state_dict(role.model, sd, options=opts)
-        set_optimizer_state_dict(role.model, role.optimizer, optim[name], options=opts)
+# keys that change what a run computes: resuming a checkpoint whose config differs in one is refused
+RUN_KEYS = ("seed", "model", "generator_model", "dtype", "documents", "dev", "dev_limit", "question_source",
+            "doc_batch_size", "n_gen", "n_solver", "temperature", "top_p", "max_prompt_tokens",
+            "gen_max_new_tokens", "solver_max_new_tokens", "question_route", "solver_lr", "generator_lr", "beta1",
+            "beta2", "adam_eps", "weight_decay", "grad_clip", "ppo_minibatch_groups", "ppo_epochs", "clip_low",
+            "clip_high", "dual_clip", "tis_cap", "solver_normalization", "generator_normalization",
+            "similarity_mode", "generator_reward", "gen_invalid_penalty", "solver_mid_eos_penalty", "fix_generator",
+            "fix_solver", "dev_only", "skip_dev_rollout")
+
+
+def check_resume(path: Path, cfg: Config, world: int) -> dict:
+    """state.pt of a checkpoint, after refusing (one line) a different world size or run-changing key."""
     state = torch.load(path / "state.pt", weights_only=False)
+    if state.get("world_size", 1) != world:
+        raise ConfigError(f"--resume: {path} was written by {state.get('world_size', 1)} ranks, this run has "
+                          f"{world}; resume with the same number of ranks")
+    old = state["config"]
+    for key in RUN_KEYS:
+        if key in old and old[key] != getattr(cfg, key) and not cfg.resume_any_config:
+            raise ConfigError(f"--resume: --{key}={getattr(cfg, key)!r} differs from the checkpoint's "
+                              f"{old[key]!r} (pass --resume_any_config to resume anyway)")
+    return state
+
+
+def load_checkpoint(path: Path, roles: dict, stream: infuser.DocumentStream, state: dict) -> dict:
+    """Every rank reads its own shards of both models and optimizers, and its own RNG."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    rank = infuser.rank_world()[0]
+    with_optim = state.get("optim_saved", dict.fromkeys(roles, True))
+    target = _dcp_state(roles, with_optim)
+    dcp.load(target, checkpoint_id=str(path / "dcp"))
+    for name, role in roles.items():
+        set_model_state_dict(role.model, target[name]["model"])
+        if with_optim[name]:
+            set_optimizer_state_dict(role.model, role.optimizer, target[name]["optim"])
     stream.load_state_dict(state["documents"])
-    st = state["rng"]["python"]
+    rng = torch.load(path / "rng" / f"rank_{rank}.pt", weights_only=False)
+    st = rng["python"]
     random.setstate((st[0], tuple(st[1]), st[2]))
-    torch.set_rng_state(state["rng"]["torch"])
+    torch.set_rng_state(rng["torch"])
     return state
 
 
@@ -643,7 +727,7 @@ def main(argv: list[str] | None = None) -> dict:
     start, history, summary = 0, [], {}
     ckpt = find_checkpoint(cfg)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, roles, stream)
+        state = load_checkpoint(ckpt, roles, stream, check_resume(ckpt, cfg, world))
         start, history, summary = state["iteration"] + 1, state.get("history", []), state.get("summary", {})
         print0(f"resumed from {ckpt} (next iteration {start})")
     n_params = sum(p.numel() for p in s_model.parameters())
