@@ -452,11 +452,12 @@ def _dcp_state(roles: dict, with_optim: dict) -> dict:
     return out
 
 
-def export_hf(role: infuser.Role, out: Path, rank: int, shard_bytes: int = EXPORT_SHARD_BYTES) -> None:
+def export_hf(role: infuser.Role, out: Path, rank: int, shard_bytes: int | None = None) -> None:
     """The role's model as an HF directory, one tensor at a time (each one a collective full_tensor()
     under FSDP2); rank 0 writes safetensors files of <= shard_bytes (one model.safetensors when it fits,
     else model-0000i-of-0000n.safetensors and the index HF reads)."""
     from safetensors.torch import save_file
+    shard_bytes = EXPORT_SHARD_BYTES if shard_bytes is None else shard_bytes
     model = role.model
     tied = getattr(model.config, "tie_word_embeddings", False)
     files, buf, size = [], {}, 0

@@ -82,6 +82,13 @@ def test_full_iteration_scripted(tmp_path, scripted):
     assert any(not torch.equal(g[k], s[k]) for k in g)
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(ck / "solver")          # HF-loadable
+    # ... and evaluable: evaluate.py --model on the export (SuperGPQA from ../shared/data, when present)
+    data = ROOT.parent / "shared" / "data"
+    if (data / "supergpqa_sample300.jsonl").is_file():
+        import evaluate
+        rep = evaluate.main(["--model", str(ck / "solver"), "--benchmark", "supergpqa", "--data-dir", str(data),
+                             "--limit", "2", "--n", "1", "--max-new-tokens", "4", "--quiet"])
+        assert rep["results"]["supergpqa"]["metrics"]["items"] == 2
 
 
 @pytest.mark.parametrize("two_extra", [[], ["--activation_checkpointing", "--influence_tokens=150"]])
@@ -230,3 +237,19 @@ def test_frozen_external_questions(tmp_path, scripted):
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", f"--question_source={qs}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "--question_source needs --fix_generator" in proc.stderr
+
+
+def test_export_in_several_safetensors_files_loads_with_from_pretrained(tmp_path, monkeypatch):
+    """export_hf streams tensor by tensor: with 64 KiB files the model is split over many files plus the
+    index, and from_pretrained gives back exactly the same weights."""
+    from transformers import AutoModelForCausalLM
+    import infuser
+    from rollout import byte_tokenizer, tiny_qwen3
+    tok = byte_tokenizer()
+    model = tiny_qwen3(vocab_size=len(tok))
+    train.export_hf(infuser.Role("solver", model, None, None, tok, None), tmp_path, 0, shard_bytes=64 * 1024)
+    files = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    assert len(files) > 2 and (tmp_path / "model.safetensors.index.json").is_file()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path)
+    sd = back.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
