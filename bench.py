@@ -41,6 +41,7 @@ other jobs, set OMP_NUM_THREADS=1: oversubscribed torch threads can slow small m
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -504,9 +505,131 @@ def bench_loop() -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Dispatcher
 
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}   # dense, vendor sheets
+
+
+def bench_gpu() -> list[dict]:
+    """The one-command GPU check (`python bench.py gpu`; BENCH_GPU_TINY=1 validates it on CPU with a tiny
+    config). On one CUDA GPU with torch + transformers only: a random Qwen3-0.6B-Base-shaped model (no
+    download) in bf16 compute, and
+      1 one full INFUSER iteration with the HF engine (train.main, tiny preset data, the model above),
+      2 the influence pass against the paper's per-question loop: time ratio and score agreement,
+      3 solver update micro-steps: response tokens/s and MFU (6 x params x tokens/s over the GPU's peak),
+      4 every phase of the memory plan run for real (plan.run_phases on the GPU; torch.cuda peak allocated
+        above the phase's start) against the plan's prediction for the same settings on fake tensors.
+    Writes runs/bench/gpu.json (every figure)."""
+    import tempfile
+    import plan
+    import train
+    import influence
+    import infuser
+    from rollout import byte_tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    cuda = torch.cuda.is_available()
+    tiny = os.environ.get("BENCH_GPU_TINY") == "1" or not cuda
+    device = "cuda" if cuda else "cpu"
+    shape = (dict(plan._QWEN3, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=32, vocab_size=512, tie_word_embeddings=True) if tiny
+             else dict(plan.QWEN3_CONFIGS["Qwen/Qwen3-0.6B-Base"]))
+    lens = (32, 32) if tiny else (512, 1024)                    # prompt, response of the worst case
+    dtype = "bfloat16" if cuda else "float32"
+    rows = []
+    tick = time.perf_counter()
+
+    # 1. one full iteration (HF engine) through train.main, the model saved as an HF directory first
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = byte_tokenizer()
+        torch.manual_seed(0)
+        Qwen3ForCausalLM(Qwen3Config(**shape)).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = train.main(["--preset", "tiny", f"--model={tmp}", f"--device={device}", f"--compute_dtype={dtype}",
+                          "--iterations=1", f"--out_dir={tmp}/run", "--save_every=0", f"--solver_max_new_tokens={lens[1] // 4}",
+                          f"--gen_max_new_tokens={lens[1] // 2}", "--activation_checkpointing"])
+        m = out["history"][0]
+        rows.append({"check": "iteration", "seconds": round(time.perf_counter() - t0, 2),
+                     "phase_seconds": {k[5:]: round(v, 2) for k, v in m.items() if k.startswith("time_")},
+                     "questions": m.get("questions"), "valid": m.get("valid"),
+                     "peak_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if cuda else None})
+
+    # 2. influence: ours vs the paper's per-question loop on the same model, optimizer and rollouts
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+    from influence_cases import fake_rollouts
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**shape)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    q = 4 if tiny else 16
+    dev = fake_rollouts(8, 8, sum(lens), shape["vocab_size"], 1, plen=lens[0])
+    gen = fake_rollouts(q, 8, sum(lens), shape["vocab_size"], 2, plen=lens[0])
+    amp = torch.autocast(device, dtype=getattr(torch, dtype)) if cuda else contextlib.nullcontext()
+    with amp:
+        import dugrpo
+        lp = dugrpo.token_logprobs(model, dev.input_ids[:8].to(device), dev.attention_mask[:8].to(device), 0.7)
+        (-(lp * dev.response_mask[:8].to(device)).sum() / 1000).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        timed = {}
+        for name, fn in (("ours", lambda: influence.influence_scores(model, opt, dev.to(device), gen.to(device),
+                                                                    chunk_questions=4)),
+                         ("loop", lambda: official_loop_scores(model, opt, dev.to(device), gen.to(device)))):
+            sync()
+            t0 = time.perf_counter()
+            timed[name] = (fn().cpu(), time.perf_counter() - t0)
+            sync()
+    a, b = timed["ours"][0].double(), timed["loop"][0].double()
+    rows.append({"check": "influence", "questions": q, "ours_s": round(timed["ours"][1], 3),
+                 "loop_s": round(timed["loop"][1], 3), "loop/ours": round(timed["loop"][1] / timed["ours"][1], 2),
+                 "max_rel_diff": float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))})
+
+    # 3. solver update throughput
+    cfg = train.parse_config(["--preset", "tiny", f"--compute_dtype={dtype}", "--micro_batch=4"])
+    mb = gen.select(torch.arange(4)).to(device)
+    adv = torch.linspace(-1, 1, 4, device=device)
+    n_tok = int(mb.attention_mask.sum())
+    with amp:
+        infuser.micro_step(model, cfg, mb, adv, None, 4.0 * lens[1], 1.0)     # warm-up
+        sync()
+        t0 = time.perf_counter()
+        steps = 3 if tiny else 10
+        for _ in range(steps):
+            infuser.micro_step(model, cfg, mb, adv, None, 4.0 * lens[1], 1.0)
+        sync()
+    dt = (time.perf_counter() - t0) / steps
+    n_params = sum(p.numel() for p in model.parameters())
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    rows.append({"check": "solver_update", "device": name, "tokens_per_s": round(n_tok / dt),
+                 "response_tokens_per_s": round(float(mb.response_mask.sum()) / dt),
+                 "mfu": round(6 * n_params * n_tok / dt / (peak * 1e12), 4) if peak and cuda else None})
+    del model, opt
+
+    # 4. the memory plan, predicted (fake tensors) and measured (the same phases on this device)
+    pcfg = train.parse_config(["--preset", "tiny", f"--compute_dtype={dtype}", f"--max_prompt_tokens={lens[0]}",
+                               f"--solver_max_new_tokens={lens[1]}", f"--gen_max_new_tokens={lens[1]}",
+                               "--micro_batch=2", "--n_solver=4", f"--influence_tokens={2 * sum(lens)}",
+                               "--influence_chunk=2", "--activation_checkpointing"])
+    configs = {r: Qwen3Config(**shape) for r in ("solver", "generator")}
+    pred = plan.run_phases(pcfg, 1, planner=plan.Planner(pcfg, 1, fake=True, configs=configs))
+    real_planner = plan.Planner(pcfg, 1, fake=False, configs=configs, device=device)
+    plan.run_phases(pcfg, 1, planner=real_planner)              # warm-up (kernels, workspaces, imports)
+    real = plan.run_phases(pcfg, 1, planner=real_planner)
+    for ph in pred:
+        if ph == "rollout":
+            continue
+        p, r = pred[ph]["increment"], real[ph]["rss_increment"]
+        rows.append({"check": "memory_plan", "phase": ph, "predicted_gib": round(p, 4),
+                     "measured_gib": round(r, 4), "measured/predicted": round(r / p, 3) if p else None,
+                     "measured_by": "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM)"})
+    rows.append({"check": "total", "seconds": round(time.perf_counter() - tick, 1), "tiny": tiny})
+    return rows
+
+
 BENCHES = {"influence": bench_influence, "influence_fsdp": bench_influence_fsdp, "solver_update": bench_solver_update,
            "rollout": bench_rollout,
-           "loop": bench_loop}
+           "loop": bench_loop, "gpu": bench_gpu}
 
 
 def _print_table(name: str, rows: list[dict]) -> None:

@@ -203,7 +203,7 @@ class _RealMetadata:
 class Planner:
     """Both roles built under fake tensors, sharded like train.make_role; `phase()` measures one phase."""
 
-    def __init__(self, cfg, world: int, fake: bool = True, configs: dict | None = None):
+    def __init__(self, cfg, world: int, fake: bool = True, configs: dict | None = None, device: str = "cpu"):
         from torch._subclasses.fake_tensor import FakeTensorMode
         from transformers import AutoModelForCausalLM
         import train
@@ -229,7 +229,7 @@ class Planner:
                     mcfg._attn_implementation = "sdpa"
                     model = AutoModelForCausalLM.from_config(mcfg)
                     self.vocab = mcfg.vocab_size
-                    train.prepare_model(model, cfg, None, self.mesh)
+                    train.prepare_model(model, cfg, None if fake else torch.device(device), self.mesh)
                     lr = cfg.solver_lr if name == "solver" else cfg.generator_lr
                     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2),
                                             eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
@@ -241,7 +241,8 @@ class Planner:
             finally:
                 torch.set_default_dtype(old)
         self.sharded = world > 1
-        self.amp = (torch.autocast("cpu", dtype=getattr(torch, cfg.compute_dtype))
+        self.device = torch.device("cpu" if fake else device)
+        self.amp = (torch.autocast(self.device.type, dtype=getattr(torch, cfg.compute_dtype))
                     if world == 1 and cfg.compute_dtype != "float32" else contextlib.nullcontext())
 
     def checkpointing(self, on: bool) -> None:
@@ -268,11 +269,17 @@ class Planner:
                  for p in model.parameters()]
         rss = None
         if not self.fake:            # a real run: the process's own peak first, without the tracker's objects
-            rss0 = _rss_reset()
+            cuda = self.device.type == "cuda"
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                rss0 = torch.cuda.memory_allocated()
+            else:
+                rss0 = _rss_reset()
             with self.amp:
                 fn(model, opt)
                 model.zero_grad(set_to_none=True)
-            rss = _rss_peak() - rss0
+            rss = (torch.cuda.max_memory_allocated() if cuda else _rss_peak()) - rss0
         try:
             with self.mode, (_RealMetadata() if self.fake else contextlib.nullcontext()), self.amp, tr.mode():
                 tr.start = tr.now
@@ -366,7 +373,8 @@ def run_phases(cfg, world: int, only: str | None = None, planner: Planner | None
 
         def step(model, opt):
             model.train()
-            infuser.micro_step(model, cfg, mb, adv, None, float(cfg.micro_batch * new), 1.0)
+            dev_ = next(model.parameters()).device
+            infuser.micro_step(model, cfg, mb.to(dev_), adv.to(dev_), None, float(cfg.micro_batch * new), 1.0)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -779,6 +779,15 @@ class VLLMEngine:
                             max_model_len=max_model_len, seed=seed, enable_sleep_mode=enable_sleep_mode,
                             logprobs_mode="processed_logprobs", **llm_kwargs)
 
+    @staticmethod
+    def torchrun_args(world: int) -> dict:
+        """Engine arguments for one colocated engine per rank in torchrun-launched processes: vLLM's
+        "external_launcher" executor with each rank an independent data-parallel replica (TP = 1), the
+        layout vLLM documents for torchrun (examples/offline_inference/torchrun_dp_example.py)."""
+        if world <= 1:
+            return {}
+        return {"distributed_executor_backend": "external_launcher", "data_parallel_size": world}
+
     def generate(self, prompts: list[list[dict]], params: SamplingParams,
                  seeds: list[int] | None = None) -> list[list[Sample]]:
         _check_prompts(prompts)

@@ -416,7 +416,8 @@ def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) ->
             shared["vllm"] = VLLMEngine(path, tok, dtype=cfg.compute_dtype, seed=cfg.seed,
                                         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                                         max_model_len=cfg.max_prompt_tokens + max(cfg.gen_max_new_tokens,
-                                                                                  cfg.solver_max_new_tokens))
+                                                                                  cfg.solver_max_new_tokens),
+                                        **VLLMEngine.torchrun_args(infuser.rank_world()[1]))
         engine = shared["vllm"]
         sync = lambda: engine.sync_weights(model)          # one engine, both roles: always push this role
     else:
