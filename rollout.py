@@ -816,6 +816,13 @@ class VLLMEngine:
             results.append(samples)
         return results
 
+    def close(self) -> None:
+        """Shut the engine down now (its process groups too, under torchrun), not at interpreter exit,
+        when the trainer's process group may already be gone."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def sleep(self, level: int = 1):
         """Free the engine's accelerator memory (level 1: weights to CPU, KV cache dropped)."""
         if self.sleep_mode and not getattr(self, "asleep", False):

@@ -775,6 +775,8 @@ def main(argv: list[str] | None = None) -> dict:
         Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
         line = " | ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float))
         print0(f"summary: {line} | curves: {summary.get('plot')}")
+    if "vllm" in shared:
+        shared["vllm"].close()             # vLLM's process groups go before the trainer's
     if dist.is_initialized():
         dist.barrier()                     # rank 0 may still be writing; no rank tears gloo down early
         dist.destroy_process_group()

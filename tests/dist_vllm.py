@@ -35,8 +35,10 @@ def main(out_dir: str, model_dir: str) -> None:
     with open(os.path.join(out_dir, f"rank_{rank}.json"), "w") as f:
         json.dump({"texts": [s.response_ids for s in samples], "before": before, "stale": stale,
                    "synced": synced}, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    engine.close()                                   # vLLM's groups first, then the trainer's
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -128,3 +128,24 @@ def test_tied_embeddings_sync_and_loud_probe(tmp_path, tok, monkeypatch):
     monkeypatch.undo()
     assert eng.sync_weights(model)["max_abs"] <= 1e-4
     assert max_diff_to_trainer(model, flat(eng.generate(CHATS, params)), 0.7, tok.pad_token_id) <= 1e-4
+
+
+def test_one_engine_per_rank_under_torchrun(tmp_path):
+    """2 gloo ranks under torchrun, one colocated engine each (external_launcher, data-parallel replicas):
+    both generate, their samples differ, a training step makes each engine stale, and the sync brings
+    each one back within the fp32 tolerance of sync_weights_to_vllm."""
+    import json
+    import os
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(root / "tests" / "dist_vllm.py"), str(tmp_path), str(tmp_path / "model")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank_{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["texts"] != ranks[1]["texts"]               # independent samples per rank
+    for r in ranks:
+        assert len(r["texts"]) == 3 * len(CHATS) and all(r["texts"])
+        assert r["before"]["max_abs"] <= 1e-3 and r["synced"]["max_abs"] <= 1e-3
+        assert r["stale"]["max_abs"] > 1e-2
