@@ -256,6 +256,9 @@ def parse_config(argv: list[str]) -> Config:
                 "influence_tokens", "ppo_epochs"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1")
+    if cfg.n_solver < 2:
+        raise ConfigError("--n_solver must be >= 2: a question answered once has no reward variance, so it "
+                          "could neither train the solver nor get an influence score here")
     if not cfg.out_dir:
         cfg.out_dir = os.path.join("runs", cfg.preset)
     if want_help:

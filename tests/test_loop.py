@@ -176,6 +176,7 @@ def test_resume_refuses_another_seed_or_world_size(tmp_path, scripted):
 
 @pytest.mark.parametrize("args,needle", [
     (["--preset", "tiny", "--learning_rate=1"], "unknown config key 'learning_rate'"),
+    (["--preset", "tiny", "--n_solver=1"], "--n_solver must be >= 2"),
     (["--preset", "tiny", "--n_gen=two"], "--n_gen expects int"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--preset=huge", "--help"], "unknown preset 'huge'"),
