@@ -3,19 +3,23 @@
 What is here, top to bottom:
   1. The solver prompt (spec §3.1): `solver_messages(question, choices)`. Training (infuser.py) imports it,
      so evaluation measures exactly what training optimises (spec §8.1: "the same training prompts").
-  2. Answer extraction (spec §3.2): `extract_boxed` (last or first \\boxed{...}, nested braces),
-     `mcq_letter` (last box, wrappers such as \\text{} stripped, first letter upper-cased) and `key_letter`
-     (a key given as a letter or as the text of a choice -> its letter).
-  3. Math verification with math-verify (pinned 0.8.0; `verify_math`, `math_equal`, `math_parseable`) in a
-     persistent worker process that is killed and restarted when a call runs past its timeout.
-     math-verify's own timeouts use SIGALRM, which only works on the main thread; here every call is
-     bounded by the parent, so `grade` is safe from threads and from torchrun ranks, and a pathological
-     answer costs at most `timeout` seconds. MCQ grading never touches the worker.
-  4. `grade(response, ground_truth, choices=None)` -> 1.0 correct, 0.0 wrong, None when no answer can be
-     extracted or the verifier cannot decide (DESIGN.md contract). Argument order is always
-     (prediction, reference); math-verify itself is called as verify(gold, prediction), which matters
-     because its comparison is not symmetric (a relation "x > 1" as the key accepts "(1, \\infty)", not
-     the other way round).
+  2. Answer extraction, by the official extractors' rules (`verl_inf_evolve/utils/mcq_utils.py`,
+     `.../benchmarks/math500_prompting.py`, `mmlu_pro_prompting.py`, `verifiers/aime.py`): `extract_boxed`,
+     `strip_wrappers`, `mcq_letter` (last box, first letter), `mmlu_pro_letter` (its answer patterns, tried
+     before the box), `key_letter`, `math_answer` (last box, first box, Minerva "Final Answer" line, last
+     "ANSWER:" line), `aime_equal` (integer truncation, unit suffixes, string fallback).
+  3. The official math grader (`verifiers/_math_verifier.py`, `verify_math_answer`): math-verify (pinned
+     0.9.0, as the official requirements pin it; first match, verify(prediction, gold)) OR the rule-based
+     judge of judge.py (`verifiers/_math_judger.py`, `judge`): True if either says True. Both run in a
+     persistent worker process that is killed and restarted when a call runs past its timeout (15 s each,
+     the official bound; inside the worker math-verify's own 5 s timers work, as in the official
+     subprocesses), so `grade` is safe from threads and from torchrun ranks, and a pathological answer
+     costs at most the timeout. The free-form extraction runs in the worker too; MCQ grading never touches
+     it and is linear in the response length.
+  4. `grade(response, ground_truth, choices=None, *, source=None)` -> 1.0 correct, 0.0 wrong, None when no
+     answer can be extracted or the verifier cannot decide (DESIGN.md contract). `source` is the official
+     data_source that picks the rules (mmlu_pro, aime, olympiadbench, math500; default "math", the route of
+     generated free-form questions, which the official code grades with the MATH-500 rules).
   5. A benchmark registry (math500, gsm8k, aime2024, aime2025, olympiadbench, mmlu_pro, supergpqa,
      gpqa_diamond) with loaders from a local JSONL (`--data-dir`, or $INFUSER_DATA_DIR) or, on an online
      machine, from the hub dataset id listed in the registry.
@@ -32,21 +36,18 @@ What is here, top to bottom:
 Defaults follow spec §8.1: temperature 0.7, top_p 0.8, top_k 20, up to 8192 new tokens, avg@k with
 k = 32 (AIME 2024/2025), 5 (GPQA-Diamond), 4 (MATH-500), 1 (everything else); all can be overridden.
 
-Departures from the paper, and what is left out:
-  * The paper's second math judge (a hand-written sympy comparison unioned with math-verify) and its
-    benchmark-specific fallbacks ("The answer is (X)" patterns for MMLU-Pro and MedQA, "Final Answer:"
-    lines for MATH-500, integer truncation for AIME): one extractor (\\boxed{}) and one verifier
-    (math-verify) grade both training rewards and benchmarks. AIME answers therefore go through
-    math-verify too ("042" = "42", "42.0" = "42", but "42.7" != "42").
+Departures from the paper's code, and what is left out:
+  * GSM8K is not one of the paper's benchmarks; it is graded with the MATH-500 rules here.
+  * The generator's own `data_source` field, which officially picks the grader of a generated question,
+    is ignored: every generated free-form question is graded as "math" (the official default).
+  * OlympiadBench's per-question numeric tolerances: math-verify rounds to 6 decimals, the judge uses 1e-4.
   * The paper's solver prompt shows the model a literal "\\boxed{{}}" (an unformatted template); ours
-    writes "\\boxed{}". Its math check also hands math-verify (prediction, gold) in swapped positions;
-    we pass gold first, as math-verify documents, so asymmetric cases (relations vs intervals) can differ.
-  * OlympiadBench's per-question numeric tolerances: math-verify compares floats rounded to 6 decimals.
-  * A box holding a bare group, \\boxed{{B}}, is read as B (the paper's extractor would see "{").
-  * BBEH, HMMT, MedQA, MedXpertQA and the coding benchmarks (no loader here; the free-form path grades
-    HMMT-style answers unchanged).
+    writes "\\boxed{}".
+  * BBEH, HMMT, MedQA, MedXpertQA and the coding benchmarks (no loader here; HMMT-style answers are graded
+    by the same math grader, as officially).
   * GPQA-Diamond choices are shuffled per question with random.Random("None:<id>") as the spec describes;
     whether this reproduces the paper's exact order is not known.
+The agreement was checked function by function against the official code (see DEVELOPERS.md).
 """
 from __future__ import annotations
 
@@ -106,11 +107,12 @@ def solver_messages(question: str, choices: list[str] | None = None) -> list[dic
 
 
 # -----------------------------------------------------------------------------------------------------
-# 2. Answer extraction (spec §3.2)
+# 2. Answer extraction: the official extractors' rules (mcq_utils.py, math500_prompting.py,
+#    mmlu_pro_prompting.py, verifiers/aime.py), in linear time on any string
 
 _BOXED = re.compile(r"\\boxed\s*\{", re.IGNORECASE)
-_WRAPPER = re.compile(r"^(?:\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|operatorname)\s*)?\{(.+)\}$",
-                      re.DOTALL)
+_WRAPPER_NAMES = ("text", "textbf", "textit", "textrm", "mathrm", "mathbf", "mathit", "operatorname")
+_WRAPPER_HEAD = re.compile(r"\\(?:%s)\{" % "|".join(_WRAPPER_NAMES))
 
 
 def extract_boxed(text: str | None, last: bool = True) -> str | None:
@@ -136,90 +138,199 @@ def extract_boxed(text: str | None, last: bool = True) -> str | None:
 
 
 def strip_wrappers(s: str) -> str:
-    """Peel whole-string wrappers such as \\text{...}, \\textbf{...}, \\mathrm{...} and bare {...} groups
-    (repeatedly)."""
-    s = s.strip()
-    while (m := _WRAPPER.match(s)) and _balanced(m.group(1)):
-        s = m.group(1).strip()
-    return s
-
-
-def _balanced(s: str) -> bool:
-    depth = 0
-    for ch in s:
-        depth += (ch == "{") - (ch == "}")
-        if depth < 0:
-            return False
-    return depth == 0
+    """Peel whole-string wrappers \\text{...}, \\textbf{...}, \\mathrm{...}, ... repeatedly, as the official
+    extractor does: a string that starts with `\\name{` and ends with `}` loses both ends (the braces are
+    not checked for balance; bare {...} groups are kept). Index-based, so linear in len(s)."""
+    i, j = 0, len(s)
+    while i < j and s[i].isspace():
+        i += 1
+    while j > i and s[j - 1].isspace():
+        j -= 1
+    while (m := _WRAPPER_HEAD.match(s, i, j)) and j - m.end() >= 2 and s[j - 1] == "}":
+        i, j = m.end(), j - 1
+        while i < j and s[i].isspace():
+            i += 1
+        while j > i and s[j - 1].isspace():
+            j -= 1
+    return s[i:j]
 
 
 def mcq_letter(response: str | None) -> str | None:
-    """The answer of a multiple-choice response: the last \\boxed{...}, wrappers stripped; if it starts
-    with a letter, that letter upper-cased (so "\\boxed{b) 4}" -> "B"); otherwise the box content itself
-    (e.g. "4", which then matches no key). None when there is no usable box."""
+    """The answer of a multiple-choice response (official `extract_boxed_answer`): the last \\boxed{...},
+    wrappers stripped; if it starts with a letter, that letter upper-cased (so "\\boxed{b) 4}" -> "B");
+    otherwise the box content itself (e.g. "4" or "{B}", which then match no key)."""
     content = extract_boxed(response, last=True)
     if content is None:
         return None
     content = strip_wrappers(content)
-    if not content:
+    up = content.upper().strip()
+    return up[0] if up and up[0].isalpha() else (content.strip() or None)
+
+
+_MMLU_ANSWER_IS = re.compile(r"answer is\s+\(?([A-J])\)?", re.IGNORECASE)
+_MMLU_ANSWER_COLON = re.compile(r"[aA]nswer:\s*([A-J])")
+_MMLU_LONE_LETTER = re.compile(r"\b([A-J])\b")
+
+
+def mmlu_pro_letter(response: str | None) -> str | None:
+    """MMLU-Pro's answer patterns, which the official evaluation tries before the box: "answer is (X)"
+    (case-insensitive, so "the answer is a ..." reads A), else the last "Answer: X" on the first line that
+    has one, else the last standalone capital A-J anywhere in the response."""
+    if not response:
         return None
-    return content[0].upper() if content[0].isalpha() else content
+    if m := _MMLU_ANSWER_IS.search(response):
+        return m.group(1).upper()
+    hits = list(_MMLU_ANSWER_COLON.finditer(response))
+    if hits:     # the official regex ".*Answer:" is greedy within one line: the last hit on the first line
+        end = response.find("\n", hits[0].start())
+        return [h for h in hits if end < 0 or h.start() < end][-1].group(1).upper()
+    letters = _MMLU_LONE_LETTER.findall(response)
+    return letters[-1].upper() if letters else None
 
 
 def key_letter(ground_truth: str, choices: list[str]) -> str | None:
-    """Letter of the key in the displayed order (spec §3.1): a key that, upper-cased, is a valid letter
-    for this many choices is read as a letter; otherwise it is matched, trimmed and case-insensitively,
-    to the text of a choice. None when neither works."""
-    key = str(ground_truth).strip()
-    if len(key) == 1 and key.upper() in LETTERS[:len(choices)]:
-        return key.upper()
+    """Letter of the key in the displayed order (official `_normalize_mcq_ground_truth`): a key that,
+    trimmed and upper-cased, is a letter valid for this many choices is read as that letter; otherwise
+    it is matched, upper-cased, to a trimmed choice. None when neither works (or past Z)."""
+    key = str(ground_truth).strip().upper()
+    letters = list(LETTERS[:len(choices)])
+    if key in letters:
+        return key
     for i, c in enumerate(choices):
-        if str(c).strip().lower() == key.lower():
-            return LETTERS[i]
+        if str(c).upper().strip() == key:
+            return LETTERS[i] if i < len(LETTERS) else None
     return None
 
 
-# -----------------------------------------------------------------------------------------------------
-# 3. math-verify in a killable worker process
+# MATH-500 answers: the last box, the first box, a Minerva "Final Answer: The final answer is ..." line,
+# or the last "ANSWER: ..." line; the two line forms are normalised as Minerva does (Lewkowycz et al.
+# 2022, appendix D), like the official `extract_math500_answer`.
+_FINAL_ANSWER = re.compile(r"Final Answer:\s*The final answer is(.*?)(?:\. I hope it is correct\.|$)",
+                           re.IGNORECASE | re.DOTALL)
+_ANSWER_LINE = re.compile(r"^ANSWER:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_MINERVA_SUBSTITUTIONS = [("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""),
+                          ("mbox", "text"), (",\\text{and}", ","), ("\\text{and}", ","),
+                          ("\\text{m}", "\\text{}")]
+_MINERVA_REMOVED = ["square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units",
+                    "\\ldots", "sue", "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm",
+                    "pounds", "meters", "meals", "edges", "students", "childrentickets", "multiples",
+                    "\\text{s}", "\\text{.}", "\\text{\ns}", "\\text{}^2", "\\text{}^3", "\\text{\n}",
+                    "\\text{}", "\\mathrm{th}", "^\\circ", "^{\\circ}", "\\;", ",\\!", "{,}", '"', "\\dots"]
 
-DEFAULT_TIMEOUT = 5.0        # seconds per verification (parse both sides + compare)
+
+def minerva_normalize(answer: str) -> str:
+    answer = answer.split("=")[-1]
+    for before, after in _MINERVA_SUBSTITUTIONS:
+        answer = answer.replace(before, after)
+    for expr in _MINERVA_REMOVED:
+        answer = answer.replace(expr, "")
+    answer = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", answer)
+    answer = re.sub(r"(\\text\{)(.*?)(\})", "\\2", answer)
+    answer = re.sub(r"(\\textbf\{)(.*?)(\})", "\\2", answer)
+    answer = re.sub(r"(\\overline\{)(.*?)(\})", "\\2", answer)
+    answer = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", answer)
+    answer = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", answer)
+    answer = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", answer)
+    answer = answer.replace("$", "")
+    return answer.replace(",", "") if answer.replace(",", "").isdigit() else answer
+
+
+def math_answer(response: str | None) -> str | None:
+    """The answer of a free-form math response (MATH-500 and generated free-form questions)."""
+    if not response:
+        return None
+    for last in (True, False):
+        if (box := extract_boxed(response, last=last)) is not None:
+            return strip_wrappers(box)
+    if m := _FINAL_ANSWER.search(response):
+        return minerva_normalize(m.group(1).strip()) if m.group(1).strip() else None
+    lines = _ANSWER_LINE.findall(response)
+    return minerva_normalize(lines[-1].strip()) if lines and lines[-1].strip() else None
+
+
+_AIME_SUFFIX = re.compile(r"[\s]*(?:\\?(?:\^\\?circ|°)|\\%|%|\\text\{[^}]*\}|\\mathrm\{[^}]*\})[\s]*$")
+
+
+def aime_equal(prediction: str | None, gold: str) -> bool | None:
+    """AIME (official verifiers/aime.py): a trailing unit (^\\circ, %, \\text{..}) dropped, then
+    int(float(x)) of both sides compared (so 042 = 42.0 = 4.2e1 = 42.7); exact string comparison when
+    either side is not a number. None for no answer."""
+    if prediction is None:
+        return None
+    pred, gold = _AIME_SUFFIX.sub("", prediction.strip()), _AIME_SUFFIX.sub("", str(gold).strip())
+    if not pred:
+        return None
+    try:
+        return int(float(pred)) == int(float(gold))
+    except (ValueError, OverflowError):
+        return pred == gold
+
+
+def free_form_answer(response: str | None, source: str = "math", unit: str | None = None) -> str | None:
+    """The extracted answer of a free-form response for benchmark `source`: the MATH-500 rules for
+    "math" (generated questions), "math500" and "gsm8k"; the last box, wrappers stripped, otherwise
+    (AIME, OlympiadBench, HMMT), with OlympiadBench's `unit` cut from its end."""
+    if source in ("math", "math500", "gsm8k"):
+        return math_answer(response)
+    box = extract_boxed(response, last=True)
+    pred = None if box is None else strip_wrappers(box)
+    if pred is not None and unit and pred.strip().endswith(unit):
+        pred = pred.strip()[:-len(unit)].strip()
+    return pred
+
+# -----------------------------------------------------------------------------------------------------
+# 3. math-verify and the judge in a killable worker process
+
+DEFAULT_TIMEOUT = 15.0       # seconds per worker call, the official outer bound per verification
 STARTUP_TIMEOUT = 120.0      # seconds for a fresh worker to import math-verify (not counted in the above)
+_PERCENT = re.compile(r"\\%|(?<=\d)%")
+
+
+def _worker_op(req: dict, mv) -> Any:
+    """One request, inside the worker. `mv` is the math_verify module."""
+    op = req["op"]
+    official = [mv.LatexExtractionConfig(), mv.ExprExtractionConfig()]
+    if op == "answer":                       # free-form extraction (regexes on untrusted text: bounded here)
+        pred = free_form_answer(req["response"], req["source"], req.get("unit"))
+        return aime_equal(pred, req["gold"]) if req["source"] == "aime" else pred
+    if op == "mv":                           # official _check_with_math_verify: first match, verify(pred, gold)
+        pred = mv.parse(f"${req['pred']}$", official, extraction_mode="first_match")
+        gold = mv.parse(f"${req['gold']}$", official, extraction_mode="first_match")
+        return bool(mv.verify(pred, gold))
+    if op == "judge":
+        from judge import judge
+        return judge(req["pred"], req["gold"], req.get("answer_type") or "")
+    if op == "parse":                        # official is_math_verifier_parseable: % -> /100 first
+        found = mv.parse(f"${_PERCENT.sub('/100', req['text'])}$", official, extraction_mode="first_match")
+        return any(not isinstance(x, str) for x in found)
+    if op == "verify":                       # math-verify as documented (its own tests): any match, gold first
+        cfg = ([mv.LatexExtractionConfig(boxed_match_priority=0)] if "latex" in req["match_types"] else []) + \
+              ([mv.ExprExtractionConfig()] if "expr" in req["match_types"] else [])
+        gold, pred = mv.parse(req["gold"], cfg), mv.parse(req["pred"], cfg)
+        if not gold or not pred:
+            return None
+        return bool(mv.verify(gold, pred, float_rounding=req["float_rounding"], strict=req["strict"],
+                              allow_set_relation_comp=req["allow_set_relation_comp"]))
+    raise ValueError(op)
 
 
 def _math_worker_main() -> None:
-    """Body of the worker process: read one JSON request per line on stdin, answer one JSON line."""
+    """Body of the worker process: read one JSON request per line on stdin, answer one JSON line. It runs
+    on its own main thread, so math-verify's SIGALRM timeouts (5 s per parse and per comparison, as in the
+    official code) work here; the parent's bound covers whatever they cannot interrupt."""
     import logging
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C belongs to the parent, which kills us itself
     channel = os.fdopen(os.dup(1), "w")             # private copy of stdout for the protocol ...
     os.dup2(2, 1)                                   # ... anything a library prints goes to stderr
     sys.stdout = sys.stderr
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": we bound it ourselves
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    import math_verify
     channel.write("ready\n")
     channel.flush()
     for line in sys.stdin:
         try:
-            req = json.loads(line)
-            cfg = []
-            if "latex" in req["match_types"]:
-                cfg.append(LatexExtractionConfig(boxed_match_priority=0))  # a \boxed{} wins if present
-            if "expr" in req["match_types"]:
-                cfg.append(ExprExtractionConfig())
-            # timeouts None: math-verify's SIGALRM timers are off; the parent kills us instead
-            if req.get("op") == "parse":            # does the text parse into a math object?
-                found = parse(req["text"], cfg, parsing_timeout=None)
-                channel.write(json.dumps(any(not isinstance(x, str) for x in found)) + "\n")
-                channel.flush()
-                continue
-            gold = parse(req["gold"], cfg, parsing_timeout=None)
-            pred = parse(req["pred"], cfg, parsing_timeout=None)
-            if not gold or not pred:
-                out = None                          # nothing to compare on one side: undecided
-            else:
-                out = bool(verify(gold, pred, float_rounding=req["float_rounding"], strict=req["strict"],
-                                  allow_set_relation_comp=req["allow_set_relation_comp"],
-                                  timeout_seconds=None))
+            out = _worker_op(json.loads(line), math_verify)
         except Exception:                           # malformed request or an error inside sympy
             out = None
         channel.write(json.dumps(out) + "\n")
@@ -354,109 +465,109 @@ os.register_at_fork(after_in_child=_forget_pool_in_child)
 atexit.register(lambda: _pool is not None and _pool.close())
 
 
+def _ask(request: dict, timeout: float | None) -> Any:
+    return _get_pool().ask(request, DEFAULT_TIMEOUT if timeout is None else float(timeout))
+
+
 def verify_math(prediction: str, gold: str, *, match_types: tuple[str, ...] = ("latex", "expr"),
                 float_rounding: int = 6, strict: bool = True, allow_set_relation_comp: bool = False,
                 timeout: float | None = None) -> bool | None:
-    """math-verify on raw strings: parse(gold) and parse(prediction) with the given extraction targets
-    ("latex": LaTeX environments, \\boxed{} first; "expr": plain expressions), then
-    verify(gold, prediction, ...). None when either side parses to nothing, on an internal error, or
-    when the call takes longer than `timeout` seconds (default DEFAULT_TIMEOUT)."""
+    """math-verify itself on raw strings, as its documentation and tests call it: parse(gold) and
+    parse(prediction) with the given extraction targets (any match), then verify(gold, prediction, ...).
+    None when either side parses to nothing, on an internal error, or past `timeout`. The grader does not
+    use this (see `math_equal`); it checks that the worker carries math-verify's own decisions."""
     if not isinstance(prediction, str) or not isinstance(gold, str):
         raise TypeError("verify_math takes two strings (prediction, gold)")
     bad = set(match_types) - {"latex", "expr"}
     if bad or not match_types:
         raise ValueError(f"match_types must be drawn from ('latex', 'expr'), got {match_types}")
-    request = dict(pred=prediction, gold=gold, match_types=list(match_types),
-                   float_rounding=int(float_rounding), strict=bool(strict),
-                   allow_set_relation_comp=bool(allow_set_relation_comp))
-    return _get_pool().ask(request, DEFAULT_TIMEOUT if timeout is None else float(timeout))
+    return _ask(dict(op="verify", pred=prediction, gold=gold, match_types=list(match_types),
+                     float_rounding=int(float_rounding), strict=bool(strict),
+                     allow_set_relation_comp=bool(allow_set_relation_comp)), timeout)
 
 
 def math_parseable(text: str | None, *, timeout: float | None = None) -> bool | None:
-    """Does math-verify read `text` (as $text$) into a math object rather than only a raw string? The
-    test that a generated free-form key must pass (spec §2.4). None on timeout."""
-    if text is None or not str(text).strip():
+    """Does math-verify read `text` into a math object (official `is_math_verifier_parseable`: `%` and
+    `\\%` after a digit become /100, then $text$ is parsed, first match)? The check a generated free-form
+    key must pass. None on timeout."""
+    if text is None or not str(text):
         return False
-    request = dict(op="parse", text=f"${_unwrap_dollars(str(text))}$", match_types=["latex", "expr"])
-    return _get_pool().ask(request, DEFAULT_TIMEOUT if timeout is None else float(timeout))
+    return _ask(dict(op="parse", text=str(text)), timeout)
 
 
-def _unwrap_dollars(s: str) -> str:
-    s = s.strip()
-    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-        s = s[1:-1].strip()
-    return s
-
-
-def _strip_unit(answer: str, unit: str) -> str:
-    """Drop a trailing unit (OlympiadBench `unit` field) from an answer, bare or in \\text / \\mathrm."""
-    u = _unwrap_dollars(unit)
-    if not u:
-        return answer
-    for form in (u, f"\\text{{{u}}}", f"\\mathrm{{{u}}}", f"\\text{{ {u}}}", f"\\mathrm{{~{u}}}"):
-        if answer.endswith(form) and len(answer) > len(form):
-            return answer[:-len(form)].strip()
-    return answer
-
-
-def math_equal(prediction: str | None, gold: str, *, unit: str | None = None,
+def math_equal(prediction: str | None, gold: str, *, answer_type: str = "",
                timeout: float | None = None) -> bool | None:
-    """Is an extracted answer equal to the reference? Both are read as LaTeX math (each wrapped in $...$
-    so that compact forms like \\frac43 parse) or plain expressions, then compared by math-verify with its
-    defaults (6-digit float rounding, strict variables). `unit`, if given, is stripped from the end of
-    the prediction first. None when the prediction is empty or the verifier cannot decide."""
+    """Is an extracted answer equal to the reference? The official `verify_math_answer`: math-verify
+    (both sides as $...$, first match, verify(prediction, gold)), and if that does not say True, the judge
+    (judge.py); True if either says True, False if either says False, else None. Each runs in the worker
+    under its own `timeout` (default DEFAULT_TIMEOUT), as the official code runs each in a killable
+    subprocess."""
     if prediction is None:
         return None
     if not isinstance(prediction, str):
         raise TypeError(f"prediction must be a str or None, got {type(prediction).__name__}")
-    pred = _unwrap_dollars(strip_wrappers(prediction))
-    if unit:
-        pred = _strip_unit(pred, unit)
-    gold = _unwrap_dollars(str(gold))
-    if not pred or not gold:
+    pred, gold = prediction.strip(), str(gold).strip()
+    if not pred:
         return None
-    return verify_math(f"${pred}$", f"${gold}$", timeout=timeout)
+    by_mv = _ask(dict(op="mv", pred=pred, gold=gold), timeout)
+    if by_mv is True:
+        return True
+    by_judge = _ask(dict(op="judge", pred=pred, gold=gold, answer_type=answer_type or ""), timeout)
+    if by_judge is True:
+        return True
+    return False if False in (by_mv, by_judge) else None
 
 
 # -----------------------------------------------------------------------------------------------------
-# 4. Grading (spec §3.2): the one function the training loop calls
+# 4. Grading: the one function the training loop calls
 
 def grade(response: str | None, ground_truth: str, choices: list[str] | None = None, *,
-          unit: str | None = None, timeout: float | None = None) -> float | None:
+          source: str | None = None, answer_type: str | None = None, unit: str | None = None,
+          timeout: float | None = None) -> float | None:
     """1.0 if `response` answers correctly, 0.0 if it gives a wrong answer, None if no answer can be
-    extracted or the verifier cannot decide (timeout included).
+    extracted or the verifier cannot decide (timeout included). Never raises on any response string.
 
-    With non-empty `choices` (multiple choice): the letter in the last \\boxed{} against the key, which
-    may be a letter or the text of a choice. Otherwise (free-form math): the last \\boxed{} (the first
-    one if the last is cut off or empty) against `ground_truth` by math-verify, bounded by `timeout`
-    seconds. `unit` (OlympiadBench) is stripped from the end of the boxed answer."""
+    With non-empty `choices` (multiple choice; in-process, linear time): for source "mmlu_pro" its answer
+    patterns first, then (every source) the letter of the last \\boxed{}, against the key, a letter or
+    the text of a choice. Otherwise free-form, for benchmark `source` (default "math", the route of
+    generated free-form questions): the answer extracted as `free_form_answer` does, then `aime_equal`
+    for "aime" and `math_equal` (with OlympiadBench's `answer_type`) for everything else; extraction and
+    comparison both run in the worker, each bounded by `timeout`."""
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     if choices:
         key = key_letter(ground_truth, choices)
         if key is None:
             raise ValueError(f"ground truth {str(ground_truth)[:80]!r} is neither a letter A-"
-                             f"{LETTERS[len(choices) - 1]} nor the text of one of the {len(choices)} choices")
-        got = mcq_letter(response)
-        return None if got is None else float(got == key)
-    answer = extract_boxed(response, last=True) or extract_boxed(response, last=False)
-    ok = math_equal(answer, ground_truth, unit=unit, timeout=timeout)
+                             f"{LETTERS[min(len(choices), len(LETTERS)) - 1]} nor the text of one of the "
+                             f"{len(choices)} choices")
+        got = mmlu_pro_letter(response) if source == "mmlu_pro" else None
+        got = got if got is not None else mcq_letter(response)
+        return None if got is None else float(got.upper().strip() == key)
+    if not response:
+        return None
+    source = source or "math"
+    got = _ask(dict(op="answer", response=response, source=source, gold=str(ground_truth), unit=unit),
+               timeout)
+    if source == "aime":
+        return None if got is None else float(got)
+    ok = math_equal(got, ground_truth, answer_type=answer_type or "", timeout=timeout)
     return None if ok is None else float(ok)
 
 
 def grade_many(responses: list[str | None], ground_truths: list[str],
-               choices: list[list[str] | None] | None = None, *, units: list[str | None] | None = None,
-               timeout: float | None = None, threads: int | None = None) -> list[float | None]:
-    """`grade` over lists, in order; math answers are verified by up to `threads` worker processes at
-    once (default: the pool size, see `set_math_workers`)."""
+               choices: list[list[str] | None] | None = None, *, sources: list[str | None] | None = None,
+               metas: list[dict | None] | None = None, timeout: float | None = None,
+               threads: int | None = None) -> list[float | None]:
+    """`grade` over lists, in order (`metas` give each answer_type and unit); free-form answers are
+    graded by up to `threads` worker processes at once (default: the pool size, see `set_math_workers`)."""
     n = len(responses)
-    if len(ground_truths) != n or (choices is not None and len(choices) != n) or \
-            (units is not None and len(units) != n):
-        raise ValueError("responses, ground_truths, choices and units must have the same length")
-    choices = choices or [None] * n
-    units = units or [None] * n
-    args = list(zip(responses, ground_truths, choices, units))
-    run = lambda a: grade(a[0], a[1], a[2], unit=a[3], timeout=timeout)
+    if any(x is not None and len(x) != n for x in (ground_truths, choices, sources, metas)):
+        raise ValueError("responses, ground_truths, choices, sources and metas must have the same length")
+    choices, sources, metas = choices or [None] * n, sources or [None] * n, metas or [None] * n
+    args = list(zip(responses, ground_truths, choices, sources, metas))
+    run = lambda a: grade(a[0], a[1], a[2], source=a[3], answer_type=(a[4] or {}).get("answer_type"),
+                          unit=(a[4] or {}).get("unit"), timeout=timeout)
     threads = threads or _get_pool().size
     if threads <= 1 or n <= 1:
         return [run(a) for a in args]
@@ -479,6 +590,7 @@ class Item:
     answer: str
     kind: str
     meta: dict = field(default_factory=dict)
+    source: str | None = None       # the official data_source that picks the grading rules (see `grade`)
 
 
 def _mcq_item(id_: str, question: str, choices: list, key: str, meta: dict | None = None) -> Item:
@@ -489,6 +601,13 @@ def _mcq_item(id_: str, question: str, choices: list, key: str, meta: dict | Non
     if letter is None:
         raise ValueError(f"the key {str(key)[:60]!r} is neither a letter nor one of the choices")
     return Item(str(id_), str(question), choices, letter, "mcq", meta or {})
+
+
+def _unwrap_dollars(s: str) -> str:
+    s = s.strip()
+    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+        s = s[1:-1].strip()
+    return s
 
 
 def _math500(row: dict, i: int) -> Item:
@@ -549,19 +668,20 @@ class Benchmark:
     hub: tuple[str, str | None, str]           # (dataset id, config, split) for online machines
     k: int                                     # samples per question (spec §8.1)
     to_item: Callable[[dict, int], Item]
+    source: str                                # the official data_source: which grading rules apply
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("math500", "math500_test.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), 4, _math500),
-    Benchmark("gsm8k", "gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), 1, _gsm8k),
-    Benchmark("aime2024", "aime2024.jsonl", ("HuggingFaceH4/aime_2024", None, "train"), 32, _aime),
-    Benchmark("aime2025", "aime2025.jsonl", ("math-ai/aime25", None, "test"), 32, _aime),
+    Benchmark("math500", "math500_test.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), 4, _math500, "math500"),
+    Benchmark("gsm8k", "gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), 1, _gsm8k, "gsm8k"),
+    Benchmark("aime2024", "aime2024.jsonl", ("HuggingFaceH4/aime_2024", None, "train"), 32, _aime, "aime"),
+    Benchmark("aime2025", "aime2025.jsonl", ("math-ai/aime25", None, "test"), 32, _aime, "aime"),
     Benchmark("olympiadbench", "olympiadbench_oe_maths_en_comp.jsonl",
-              ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"), 1, _olympiadbench),
-    Benchmark("mmlu_pro", "mmlu_pro_subset.jsonl", ("TIGER-Lab/MMLU-Pro", None, "test"), 1, _mmlu_pro),
-    Benchmark("supergpqa", "supergpqa_sample300.jsonl", ("m-a-p/SuperGPQA", None, "train"), 1, _supergpqa),
+              ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"), 1, _olympiadbench, "olympiadbench"),
+    Benchmark("mmlu_pro", "mmlu_pro_subset.jsonl", ("TIGER-Lab/MMLU-Pro", None, "test"), 1, _mmlu_pro, "mmlu_pro"),
+    Benchmark("supergpqa", "supergpqa_sample300.jsonl", ("m-a-p/SuperGPQA", None, "train"), 1, _supergpqa, "supergpqa"),
     Benchmark("gpqa_diamond", "gpqa_diamond.jsonl", ("Idavidrein/gpqa", "gpqa_diamond", "train"), 5,
-              _gpqa_diamond),
+              _gpqa_diamond, "gpqa_diamond"),
 ]}
 
 
@@ -587,6 +707,7 @@ def _to_items(bench: Benchmark, rows, where: Callable[[int], str]) -> list[Item]
     for i, (n, row) in enumerate(rows):
         try:
             items.append(bench.to_item(row, i))
+            items[-1].source = bench.source
         except KeyError as e:
             raise ValueError(f"{where(n)}: missing field {e.args[0]!r} for benchmark {bench.name}") from None
         except (ValueError, TypeError, AttributeError) as e:
@@ -668,7 +789,8 @@ def evaluate(engine, items: list[Item], params, *, batch_size: int = 8, timeout:
             for it, samples in zip(chunk, outs):
                 texts = [s.text for s in samples]
                 grades = grade_many(texts, [it.answer] * len(texts), [it.choices] * len(texts),
-                                    units=[it.meta.get("unit")] * len(texts), timeout=timeout)
+                                    sources=[it.source] * len(texts), metas=[it.meta] * len(texts),
+                                    timeout=timeout)
                 records.append({"id": it.id, "question": it.question, "choices": it.choices,
                                 "answer": it.answer, "kind": it.kind, "meta": it.meta,
                                 "responses": texts, "grades": grades,

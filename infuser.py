@@ -114,23 +114,26 @@ class Question:
     rejected: str | None = None
 
 
-REJECT_REASONS = ("no_json", "bad_schema", "empty_question", "invalid_ground_truth", "prompt_too_long")
+REJECT_REASONS = ("no_json", "bad_schema", "bad_encoding", "empty_question", "invalid_ground_truth",
+                  "prompt_too_long")
 MAX_PARSE_CHARS = 200_000          # longer outputs are not scanned at all (counted as no_json)
-BRUTE_FORCE_CHARS = 16_384         # spec §2.4: the raw_decode fallback only on short texts
+BRUTE_FORCE_CHARS = 16_384         # the fallback scan only on texts this short (official value) ...
+BRUTE_FORCE_STARTS = 8             # ... and from its first 8 "{" only
 
 
 def _json_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every top-level balanced {...} span, skipping braces inside JSON strings."""
+    """(start, end) of every top-level balanced {...} span. A '"' opens a string at any depth (as in the
+    official scanner), and braces inside strings do not count."""
     spans, depth, start, in_str, esc = [], 0, -1, False, False
     for i, ch in enumerate(text):
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
+        if esc:
+            esc = False
+        elif in_str:
+            if ch == "\\":
                 esc = True
             elif ch == '"':
                 in_str = False
-        elif ch == '"' and depth > 0:
+        elif ch == '"':
             in_str = True
         elif ch == "{":
             if depth == 0:
@@ -143,120 +146,160 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-_VALID_ESCAPES = set('"\\/bfnrtu')
-
-
 def fix_json_escapes(s: str) -> str:
-    r"""Repair LaTeX backslashes inside JSON text: "\\" is kept; \b \f \n \r \t followed by a letter are
-    LaTeX (\frac, \theta, \nu, ...) and are doubled; any other invalid escape (\alpha, \sum) is doubled."""
+    r"""Repair LaTeX backslashes inside JSON text, as the official parser does: "\\" is kept; \" and \/
+    are kept; \b \f \n \r \t are kept unless an ASCII letter follows (then they are LaTeX: \frac, \theta,
+    \nu, and are doubled); every other backslash (\alpha, \sum, and \u too) is doubled. A backslash
+    before a line break is left alone."""
     out, i = [], 0
     while i < len(s):
         ch = s[i]
-        if ch != "\\" or i + 1 >= len(s):
+        nxt = s[i + 1] if i + 1 < len(s) else ""
+        if ch != "\\" or nxt in ("", "\n"):
             out.append(ch)
             i += 1
-            continue
-        nxt = s[i + 1]
-        if nxt == "\\":
-            out.append("\\\\")
+        elif nxt == "\\" or nxt in '"/' or (nxt in "bfnrt" and not _ascii_letter(s[i + 2:i + 3])):
+            out.append(s[i:i + 2])
             i += 2
-        elif nxt in "bfnrt" and i + 2 < len(s) and s[i + 2].isalpha():
-            out.append("\\\\")
-            i += 1
-        elif nxt not in _VALID_ESCAPES:
-            out.append("\\\\")
-            i += 1
         else:
-            out.append(ch)
+            out.append("\\\\")
             i += 1
     return "".join(out)
 
 
-def _loads(span: str):
-    for candidate in (fix_json_escapes(span), span):
+def _ascii_letter(c: str) -> bool:
+    return len(c) == 1 and ("a" <= c <= "z" or "A" <= c <= "Z")
+
+
+def _loads(text: str, whole: bool):
+    """The JSON object that is `text` (whole=False: that starts it) or None; the repaired text first, the
+    raw text second. Any failure (bad JSON, nesting too deep, a >4300-digit integer) is None."""
+    for candidate in (fix_json_escapes(text), text):
         try:
-            obj = json.loads(candidate)
-            if isinstance(obj, dict):
-                return obj
-        except (json.JSONDecodeError, RecursionError):
-            pass
+            obj = json.loads(candidate) if whole else json.JSONDecoder().raw_decode(candidate)[0]
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            return obj
     return None
 
 
-def _scalar(x) -> bool:
-    return isinstance(x, (str, int, float)) and not isinstance(x, bool)
+def _string_field(v, allow_list: bool = False) -> str | None:
+    """A model-written scalar as a string (official `_normalize_string_field`): strings, numbers (and
+    booleans, which Python counts as numbers: "True"), a list of scalars joined by spaces where allowed,
+    the value of a one-key dict."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        return str(v)
+    if allow_list and isinstance(v, list) and all(isinstance(x, (str, int, float)) for x in v):
+        return " ".join(str(x) for x in v)
+    if isinstance(v, dict) and len(v) == 1 and isinstance(next(iter(v.values())), (str, int, float)):
+        return str(next(iter(v.values())))
+    return None
 
 
-def _normalise(obj: dict):
-    """(text, choices or None, ground truth) from a parsed object, or a reject reason string."""
+def _choices(v) -> list[str] | None:
+    """Choices as a list of strings: a list of scalars, or a dict read A, B, C, ... (either case) up to
+    the first missing letter. None when an item is not a scalar or v is anything else."""
+    if isinstance(v, dict):
+        items = []
+        for letter in LETTERS:
+            if letter not in v and letter.lower() not in v:
+                break
+            items.append(v[letter] if letter in v else v[letter.lower()])
+        v = items
+    if not isinstance(v, list):
+        return None
+    out = [_string_field(x) for x in v]
+    return None if any(x is None for x in out) else out
+
+
+def _free_form(obj: dict) -> bool:
+    return str(obj.get("benchmark_type", "") or "").strip().lower() == "qa_open" or obj.get("choices") == []
+
+
+def _schema_ok(obj: dict) -> bool:
+    """The official structure check: question_text and ground_truth present, and 4-8 choices or a free-
+    form marker (benchmark_type "qa_open", any case, or "choices": [])."""
     if "question_text" not in obj or "ground_truth" not in obj:
-        return "bad_schema"
-    text, key, choices = obj["question_text"], obj["ground_truth"], obj.get("choices")
-    if isinstance(text, list) and all(_scalar(t) for t in text):
-        text = " ".join(str(t) for t in text)
-    if not _scalar(text) or not _scalar(key):
-        return "bad_schema"
-    if isinstance(choices, dict):
-        choices = [choices[k] for k in sorted(choices, key=str)]         # {"A": ..., "B": ...} -> list
-    if choices is None:
-        choices = []
-    if not isinstance(choices, list) or not all(_scalar(c) for c in choices):
-        return "bad_schema"
-    choices = [str(c).strip() for c in choices]
-    if choices:
-        if not 4 <= len(choices) <= 8:
-            return "bad_schema"
-    elif obj.get("benchmark_type") != "qa_open" and obj.get("choices") != []:
-        return "bad_schema"
-    return str(text).strip(), (choices or None), str(key).strip()
+        return False
+    choices = _choices(obj.get("choices"))
+    return 4 <= len(choices) <= 8 if choices else _free_form(obj)
+
+
+def _strip_think(text: str) -> str:
+    """Remove every <think>...</think> block (the first </think> after each <think>), in linear time."""
+    out, pos = [], 0
+    while (i := text.find("<think>", pos)) >= 0 and (j := text.find("</think>", i + 7)) >= 0:
+        out.append(text[pos:i])
+        pos = j + 8
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _encodable(*texts: str) -> bool:
+    try:
+        for t in texts:
+            t.encode("utf-8")
+        return True
+    except UnicodeEncodeError:                               # a lone surrogate such as \ud800
+        return False
 
 
 def parse_question(response: str, doc_id: str, row: int, seed: int = 0, route: str = "mcq") -> Question:
-    """One generator response -> a Question (valid, or with `rejected` set). Never raises."""
+    """One generator response -> a Question (valid, or with `rejected` set). Never raises; linear time.
+
+    The official parser's decisions (`question_parser.py`: `extract_thinking_and_json`,
+    `parse_generated_question_response`, `parse_generated_questions`): <think> blocks and code fences
+    are removed; every balanced top-level {...} that parses as JSON (LaTeX escapes repaired first) is a
+    candidate, and only when none parses, the objects starting at the first 8 '{' of a text of at most
+    16,384 characters; the last candidate that passes the structure check is taken, and rejected if its
+    question text or key is not a scalar. Multiple choice (4-8 choices): the key must equal a choice, or
+    equal one trimmed and case-insensitively; choices are then shuffled (seeded here, from the run seed
+    and the question id). Free-form (benchmark_type "qa_open" or no choices) is accepted on every route,
+    as officially, when math-verify parses its key (`math_parseable`). `route` picks the prompt, not the
+    parse. Departures, for a loop that must not crash or stall: outputs over MAX_PARSE_CHARS are not
+    scanned (no_json); integers of more than 4,300 digits make a candidate unparseable (the official
+    parser raises); text with a lone surrogate is rejected as bad_encoding (it cannot be logged)."""
     qid_base = f"gen_{doc_id}_{row}"
-    bad = lambda why, text="": Question(text, None, "", "", doc_id, qid_base, rejected=why)
+    bad = lambda why: Question("", None, "", "", doc_id, qid_base, rejected=why)
     if not isinstance(response, str) or len(response) > MAX_PARSE_CHARS:
         return bad("no_json")
-    text = re.sub(r"<think>.*?</think>", "", response, flags=re.DOTALL)
-    text = re.sub(r"```(?:json)?", "", text)
-    parsed = [(s, _loads(text[s:e])) for s, e in _json_spans(text)]
-    parsed = [(s, o) for s, o in parsed if o is not None]
-    if not parsed and len(text) <= BRUTE_FORCE_CHARS:       # e.g. an object cut short by a later brace
-        dec = json.JSONDecoder()
-        for pos in [m.start() for m in re.finditer(r"\{", text)][:8]:
-            for cand in (fix_json_escapes(text[pos:]), text[pos:]):
-                try:
-                    obj, _ = dec.raw_decode(cand)
-                except (json.JSONDecodeError, RecursionError):
-                    continue
-                if isinstance(obj, dict):
-                    parsed.append((pos, obj))
-                    break
-    if not parsed:
+    text = re.sub(r"```\s*", "", re.sub(r"```json\s*", "", _strip_think(response))).strip()
+    found = [(s, o) for s, e in _json_spans(text) if (o := _loads(text[s:e], whole=True)) is not None]
+    if not found and len(text) <= BRUTE_FORCE_CHARS:        # e.g. an object cut short by a later brace
+        starts = [i for i, ch in enumerate(text) if ch == "{"][:BRUTE_FORCE_STARTS]
+        found = [(s, o) for s in starts if (o := _loads(text[s:], whole=False)) is not None]
+    if not found:
         return bad("no_json")
-    norm = [_normalise(o) for _, o in sorted(parsed, key=lambda x: x[0])]
-    good = [n for n in norm if not isinstance(n, str)]
-    if not good:
+    valid = [(s, o) for s, o in found if _schema_ok(o)]
+    if not valid:
         return bad("bad_schema")
-    qtext, choices, key = good[-1]                            # the last schema-valid object wins
+    obj = max(valid, key=lambda x: x[0])[1]                  # the last schema-valid object wins
+    qtext, key = _string_field(obj["question_text"], allow_list=True), _string_field(obj["ground_truth"])
+    if qtext is None or key is None:
+        return bad("bad_schema")
+    choices = _choices(obj.get("choices")) or None
+    if not _encodable(qtext, key, *(choices or [])):
+        return bad("bad_encoding")
     qid = f"{qid_base}_{hashlib.md5(qtext.encode()).hexdigest()[:8]}"
-    if not qtext:
-        return Question(qtext, choices, key, "", doc_id, qid, rejected="empty_question")
-    if not key:
-        return Question(qtext, choices, key, "", doc_id, qid, rejected="invalid_ground_truth")
+    reject = lambda why: Question(qtext, choices, key, "", doc_id, qid, rejected=why)
+    if not qtext.strip():
+        return reject("empty_question")
+    if not key.strip():
+        return reject("invalid_ground_truth")
     if choices is None:
-        if route != "free_form" or math_parseable(key) is not True:   # spec §2.4: math-verify must parse it
-            return Question(qtext, None, key, "", doc_id, qid, rejected="invalid_ground_truth")
+        if math_parseable(key) is not True:                   # math-verify must read the key
+            return reject("invalid_ground_truth")
         return Question(qtext, None, key, key, doc_id, qid)
-    if key not in choices:                                    # then case- and whitespace-insensitive
-        fold = lambda s: " ".join(s.split()).lower()
-        match = [c for c in choices if fold(c) == fold(key)]
+    if key not in choices:                                    # then trimmed and case-insensitively
+        match = [c for c in choices if c.strip().lower() == key.strip().lower()]
         if not match:
-            return Question(qtext, choices, key, "", doc_id, qid, rejected="invalid_ground_truth")
+            return reject("invalid_ground_truth")
         key = match[0]
     choices = list(choices)
-    rng = random.Random(f"{seed}:{qid}")                     # seeded shuffle: position-bias removal
-    rng.shuffle(choices)
+    random.Random(f"{seed}:{qid}").shuffle(choices)          # seeded shuffle: position-bias removal
     return Question(qtext, choices, key, LETTERS[choices.index(key)], doc_id, qid)
 
 
@@ -381,7 +424,9 @@ def solve(role: Role, cfg, items: list, gids: list[int], it: int, tag: str) -> G
     tick = time.perf_counter()
     for x, g, samples in zip(items, gids, outs):
         for s in samples:
-            score = grade(s.text, x.answer, x.choices)
+            meta = getattr(x, "meta", None) or {}
+            score = grade(s.text, x.answer, x.choices, source=getattr(x, "source", None),
+                          answer_type=meta.get("answer_type"), unit=meta.get("unit"))
             c = 1.0 if score == 1.0 else 0.0
             r = c
             # spec §2.6: no extractable answer although the model stopped by itself (EOS, not truncation)

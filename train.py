@@ -366,7 +366,8 @@ def load_questions(spec: str, cfg: Config, split: str) -> list[Item]:
             letter = key_letter(str(key), [str(c) for c in choices])
             if letter is None:
                 raise ConfigError(f"{spec}:{n}: answer {key!r} is neither a letter nor one of the choices")
-            items.append(Item(str(r.get("id", n)), r["question"], [str(c) for c in choices], letter, "mcq"))
+            items.append(Item(str(r.get("id", n)), r["question"], [str(c) for c in choices], letter, "mcq",
+                              source=r.get("data_source")))    # e.g. "mmlu_pro": its answer patterns
     elif spec:
         items = load_benchmark(spec, data_dir=cfg.data_dir or None)
     else:

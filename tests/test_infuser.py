@@ -1,5 +1,6 @@
 """infuser.py: parsing (spec §2.4), the document order (§2.1), stratification (§3.7), rewards (§5), and each
 phase on hand-made inputs, with independent expectations written here."""
+import dataclasses
 import json
 import math
 import random
@@ -54,8 +55,11 @@ def test_non_string_output_is_a_rejection(bad):
 
 
 def test_key_matching_dict_choices_and_last_valid_object():
-    q = infuser.parse_question(mcq(choices=("one", "the four", "x", "y"), key="  The  Four "), "d", 0)
+    q = infuser.parse_question(mcq(choices=("one", "the four", "x", "y"), key="  The Four "), "d", 0)
     assert q.rejected is None and q.ground_truth == "the four"
+    # official fold: trimmed and lower-cased, inner spaces kept
+    q = infuser.parse_question(mcq(choices=("one", "the four", "x", "y"), key="The  Four"), "d", 0)
+    assert q.rejected == "invalid_ground_truth" and q.ground_truth == "The  Four"
     d = json.dumps({"question_text": "Q", "choices": {"B": "bee", "A": "ay", "D": "dee", "C": "sea"},
                     "ground_truth": "sea"})
     q = infuser.parse_question(d, "d", 0)
@@ -73,8 +77,9 @@ def test_think_blocks_code_fences_and_latex_escapes():
 
 
 def test_fix_json_escapes():
+    # the official repair doubles every \u too, so a unicode escape stays literal text
     assert json.loads('"' + infuser.fix_json_escapes(r"\frac{1}{2} \\ \n1 \t \beta \u00e9") + '"') == \
-        "\\frac{1}{2} \\ \n1 \t \\beta \u00e9"
+        "\\frac{1}{2} \\ \n1 \t \\beta \\u00e9"
 
 
 def test_free_form_route():
@@ -84,7 +89,8 @@ def test_free_form_route():
     # math-verify reads "a red fox" as a product of symbols (accepted, as in the paper's code), but not prose
     bad = json.dumps({"question_text": "Name it.", "ground_truth": "The answer is unknown.", "benchmark_type": "qa_open"})
     assert infuser.parse_question(bad, "d", 0, route="free_form").rejected == "invalid_ground_truth"
-    assert infuser.parse_question(ok, "d", 0, route="mcq").rejected == "invalid_ground_truth"
+    # as officially, a free-form question is accepted on the multiple-choice route too
+    assert infuser.parse_question(ok, "d", 0, route="mcq") == q
 
 
 def test_generator_messages():
@@ -170,3 +176,79 @@ def test_generator_reward_pipeline_on_hand_made_outputs():
     want = torch.cat([(s0 - s0.mean()) / (s0.std() + bar + 1e-6), (s2 - s2.mean()) / (s2.std() + bar + 1e-6)])
     torch.testing.assert_close(adv, want)
     assert adv[0] > 0 > adv[2]                 # the useful question is reinforced, the harmful one pushed down
+
+
+# -----------------------------------------------------------------------------------------------------
+# The official parser's decisions (verl_inf_evolve/utils/question_parser.py), case by case. Each case was
+# written from the official code's logic; the expected values were also checked against that code.
+
+def _decide(text):
+    q = infuser.parse_question(text, "d", 0)
+    if q.rejected:
+        return q.rejected
+    return ("free", q.text, q.ground_truth) if q.choices is None else ("mcq", q.text, sorted(q.choices), q.ground_truth)
+
+
+J = json.dumps
+OFFICIAL_CASES = [
+    # free-form: "qa_open" in any case and padding, or "choices": []; a string `choices` with qa_open is free-form
+    (J({"question_text": "Q", "ground_truth": "42", "benchmark_type": "QA_OPEN"}), ("free", "Q", "42")),
+    (J({"question_text": "Q", "ground_truth": "42", "benchmark_type": " qa_open "}), ("free", "Q", "42")),
+    (J({"question_text": "Q", "ground_truth": "42", "choices": []}), ("free", "Q", "42")),
+    (J({"question_text": "Q", "ground_truth": "42", "choices": "A or B", "benchmark_type": "qa_open"}), ("free", "Q", "42")),
+    (J({"question_text": "Q", "ground_truth": "42"}), "bad_schema"),                  # neither choices nor marker
+    # keys: numbers and booleans become strings; a one-key dict gives its value; a list key rejects
+    (J({"question_text": "Q", "ground_truth": 7, "choices": ["7", "8", "9", "10"]}), ("mcq", "Q", ["10", "7", "8", "9"], "7")),
+    (J({"question_text": "Q", "ground_truth": True, "choices": ["True", "False", "x", "y"]}),
+     ("mcq", "Q", ["False", "True", "x", "y"], "True")),
+    (J({"question_text": {"en": "Q"}, "ground_truth": {"k": "b"}, "choices": ["a", "b", "c", "d"]}),
+     ("mcq", "Q", ["a", "b", "c", "d"], "b")),
+    (J({"question_text": ["Two", "words"], "ground_truth": "a", "choices": ["a", "b", "c", "d"]}),
+     ("mcq", "Two words", ["a", "b", "c", "d"], "a")),
+    (J({"question_text": "Q", "ground_truth": ["a"], "choices": ["a", "b", "c", "d"]}), "bad_schema"),
+    # the last schema-valid object is taken even when its key then fails (the earlier good one is not used)
+    (J({"question_text": "A", "ground_truth": "a", "choices": ["a", "b", "c", "d"]}) + " " +
+     J({"question_text": "B", "ground_truth": ["a"], "choices": ["a", "b", "c", "d"]}), "bad_schema"),
+    # choices: a dict read A, B, C, ... in either case up to the first gap; a one-key-dict choice is its value
+    (J({"question_text": "Q", "ground_truth": "b", "choices": {"a": "a", "b": "b", "c": "c", "d": "d", "f": "f"}}),
+     ("mcq", "Q", ["a", "b", "c", "d"], "b")),
+    (J({"question_text": "Q", "ground_truth": "b", "choices": [{"t": "a"}, "b", "c", "d"]}), ("mcq", "Q", ["a", "b", "c", "d"], "b")),
+    (J({"question_text": "Q", "ground_truth": "b", "choices": ["a", "b", "c"]}), "bad_schema"),
+    (J({"question_text": "Q", "ground_truth": "b", "choices": list("abcdefghi")}), "bad_schema"),
+    # the free-form key must be math: prose does not pass (math-verify's first match), 25\% does
+    (J({"question_text": "Q", "ground_truth": "The sides are 15, 36, and 39 inches.", "benchmark_type": "qa_open"}),
+     "invalid_ground_truth"),
+    (J({"question_text": "Q", "ground_truth": "25\\%", "benchmark_type": "qa_open"}), ("free", "Q", "25\\%")),
+    # a '"' in the prose opens a string for the span scanner; the fallback scan still finds the object
+    ('He said "yes. ' + J({"question_text": "Q", "ground_truth": "a", "choices": ["a", "b", "c", "d"]}),
+     ("mcq", "Q", ["a", "b", "c", "d"], "a")),
+    # \\u escapes stay literal; LaTeX \\frac survives; text and choices are kept unstripped
+    ('{"question_text": " caf\\u00e9 \\frac{1}{2} ", "ground_truth": "a", "choices": ["a", " b", "c", "d"]}',
+     ("mcq", " caf\\u00e9 \\frac{1}{2} ", [" b", "a", "c", "d"], "a")),
+]
+
+
+@pytest.mark.parametrize("text, want", OFFICIAL_CASES)
+def test_parser_decides_as_the_official_one(text, want):
+    assert _decide(text) == want
+
+
+def test_parser_never_raises_on_any_string():
+    huge_int = '{"question_text": "Q", "ground_truth": ' + "9" * 5000 + ', "choices": ["a", "b", "c", "d"]}'
+    assert _decide(huge_int) == "no_json"                                     # Python's int-string limit
+    lone = '{"question_text": "Q \ud800", "ground_truth": "a", "choices": ["a", "b", "c", "d"]}'
+    assert _decide(lone) == "bad_encoding"                                    # could not be logged as UTF-8
+    assert _decide(lone.replace("\ud800", "\\ud800"))[1] == "Q \\ud800"      # an escape stays literal text
+    deep = "[" * 100_000
+    assert _decide('{"question_text": ' + deep + '}') == "no_json"            # nesting too deep
+    rng = random.Random(0)
+    pieces = ["{", "}", '"', "\\", "\\u", "\\ud800", "<think>", "</think>", "```json", ",", ":", "[", "]", "9" * 50,
+              '"question_text": "Q"', '"ground_truth": "a"', '"choices": ["a","b","c","d"]', "qa_open", "\x00"]
+    for _ in range(300):                                                      # a bounded fuzz: never raises
+        q = infuser.parse_question("".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))), "d", 0)
+        if q.rejected is None:
+            json.dumps(dataclasses.asdict(q), ensure_ascii=False).encode("utf-8")   # what it accepts can be logged
+    # inputs that are quadratic for a regex or a naive scan (about a minute each then; `python bench.py
+    # parse` measures the scaling): a repeated unclosed <think>, many braces, many unclosed strings
+    for bad in ("<think>" * 28_000, "{" * 190_000, '{"a": "' * 25_000):
+        assert infuser.parse_question(bad, "d", 0).rejected == "no_json"
