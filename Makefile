@@ -21,4 +21,4 @@ run: setup
 	$(BIN)/python train.py
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests

