@@ -520,7 +520,8 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
     def micro(rows, k):
         part = rows[k * cfg.micro_batch:(k + 1) * cfg.micro_batch]
         if len(part) == 0:                       # a zero-weight pass on one row keeps ranks in step
-            return rollouts.select(torch.zeros(1, dtype=torch.long)), torch.zeros(1), None, 0.0
+            filler = rollouts.select(torch.zeros(1, dtype=torch.long)) if len(rollouts) else influence._filler(model)
+            return filler, torch.zeros(1), None, 0.0
         return rollouts.select(part), advantages[part], part, 1.0
 
     old = None

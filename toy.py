@@ -242,6 +242,20 @@ GENERATOR_WORKING = {"correct": 0.6, "half": 0.2, "flip": 0.2}
 GENERATOR_JSON = {"ok": 0.6, "cut": 0.13, "three_choices": 0.13, "key_not_a_choice": 0.14}
 # the kinds of generator output that come out of these draws (tests check each against parse_question)
 GENERATOR_MODES = ("target", "wrong_key", "lookup", "prose", "empty", "cut", "three_choices", "key_not_a_choice")
+
+
+def generator_opening(on_target_share: float | None = None) -> dict:
+    """The opening mixture with the scarcity knob (issue 17): `on_target_share` is the share of on-target
+    (two-step) questions among the anchor's valid drafts, ignoring the key's correctness. None keeps today's
+    mixture (0.45 x 0.6 = 0.27 valid two-step drafts against 0.30 valid look-ups: 47%). Only the two-step
+    weight moves; look-ups, prose and empty drafts keep their weights, and a two-step draft keeps its
+    working (wrong keys) and JSON mixtures, so a scarcer world has fewer useful drafts and more decoys."""
+    if on_target_share is None:
+        return dict(GENERATOR_OPENING)
+    if not 0 < on_target_share < 1:
+        raise ValueError(f"on_target_share must be in (0, 1), got {on_target_share}")
+    ok, lookup = GENERATOR_JSON["ok"], GENERATOR_OPENING["lookup"]
+    return dict(GENERATOR_OPENING, two_step=lookup * on_target_share / (ok * (1 - on_target_share)))
 # What the anchor's solver does on a two-step question (see `working`): both steps, stop after the first,
 # flip the second operation, or guess a letter. On a look-up it guesses among the choices of the right type.
 SOLVER_MODES = {"correct": 0.35, "half": 0.30, "flip": 0.25, "guess": 0.10}
@@ -286,12 +300,13 @@ def working(a: int, verb1: str, b: int, verb2: str, c: int, mode: str) -> tuple[
     return f"{text} So {value}.", value
 
 
-def generator_response(f: Farmer, rng: random.Random, mode: str | None = None) -> tuple[str, str]:
+def generator_response(f: Farmer, rng: random.Random, mode: str | None = None,
+                       opening: dict | None = None) -> tuple[str, str]:
     """(mode, response): what the anchor's generator writes for the document about `f` -- drawn from the
     three mixtures above, or of the given kind (one of GENERATOR_MODES). A two-step question comes after
     the generator's working; its choices are listed with the key first (parse_question shuffles them)."""
     if mode is None:
-        opening = _pick(rng, GENERATOR_OPENING)
+        opening = _pick(rng, opening or GENERATOR_OPENING)
         work, js = _pick(rng, GENERATOR_WORKING), _pick(rng, GENERATOR_JSON)
         mode = opening if opening != "two_step" else (
             js if js != "ok" else "target" if work == "correct" else "wrong_key")
@@ -356,14 +371,15 @@ def solver_question(rng: random.Random) -> tuple[str, list[str]]:
     return q, choices
 
 
-def pretraining_example(rng: random.Random, exclude: set[str], role: str | None = None) -> tuple[list[dict], str]:
+def pretraining_example(rng: random.Random, exclude: set[str], role: str | None = None,
+                        opening: dict | None = None) -> tuple[list[dict], str]:
     """One (chat messages, assistant response) pair for `role` ("generator" or "solver"; None: either, at
     random). Questions in `exclude` (the dev and test sets) never appear."""
     from evaluate import solver_messages
     from infuser import generator_messages
     if role == "generator" or (role is None and rng.random() < 0.5):
         f = random_farmer(rng)
-        _, resp = generator_response(f, rng)
+        _, resp = generator_response(f, rng, opening=opening)
         return generator_messages(document_text(f, rng)), resp
     while True:
         q, choices = solver_question(rng)
@@ -470,19 +486,22 @@ def _batch(pairs: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, am, labels
 
 
-def pretrain_anchor(out_dir=None, seed: int = 0, log_every: int = 100, save_every: int = 0, **overrides):
+def pretrain_anchor(out_dir=None, seed: int = 0, log_every: int = 100, save_every: int = 0,
+                    on_target_share: float | None = None, **overrides):
     """Pretrain the anchor from scratch on the role-formatted world text and save it (model, tokenizer,
     anchor.json with the fingerprint and timing) to out_dir (default: the cache). Returns (model, tok).
     Deterministic on a given machine and thread count; `overrides` change PRETRAIN entries (tests use a
-    few steps)."""
+    few steps). `on_target_share` sets the scarcity knob (`generator_opening`); None is today's world."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
+    opening = generator_opening(on_target_share)
     from rollout import save_model
     cfg = {**PRETRAIN, **overrides}
     t_start = time.time()
     world = build_world()
     exclude = {x["question"] for x in world.dev + world.test}
     rng = random.Random(f"toy-anchor:{seed}")
-    texts = [_render(m) + r for m, r in (pretraining_example(rng, exclude) for _ in range(cfg["tokenizer_texts"]))]
+    texts = [_render(m) + r for m, r in (pretraining_example(rng, exclude, opening=opening)
+                                         for _ in range(cfg["tokenizer_texts"]))]
     tok = build_tokenizer(texts)
 
     torch.manual_seed(seed)
@@ -502,7 +521,7 @@ def pretrain_anchor(out_dir=None, seed: int = 0, log_every: int = 100, save_ever
     last = {}
     for step in range(steps):
         role = ("generator", "solver")[step % 2]           # one role per batch: rows of similar length
-        pairs = [_encode(tok, *pretraining_example(rng, exclude, role)) for _ in range(cfg["batch_size"])]
+        pairs = [_encode(tok, *pretraining_example(rng, exclude, role, opening)) for _ in range(cfg["batch_size"])]
         ids, am, labels = _batch(pairs, tok.pad_token_id)                         # [B, T] each
         loss = model(input_ids=ids, attention_mask=am, labels=labels).loss        # mean over response tokens
         for g in opt.param_groups:
@@ -521,8 +540,10 @@ def pretrain_anchor(out_dir=None, seed: int = 0, log_every: int = 100, save_ever
     model.eval()
     out = Path(out_dir) if out_dir is not None else CACHE_ANCHOR
     save_model(model, tok, out)
-    meta = {"fingerprint": anchor_fingerprint() if not overrides else "custom:" + json.dumps(overrides),
+    custom = {**overrides, **({} if on_target_share is None else {"on_target_share": on_target_share})}
+    meta = {"fingerprint": anchor_fingerprint() if not custom else "custom:" + json.dumps(custom),
             "world_version": WORLD_VERSION, "seed": seed, "pretrain": cfg, "config": ANCHOR_CONFIG,
+            "generator_opening": opening,
             "seconds": round(time.time() - t_start, 1), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
     (out / "anchor.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -636,6 +657,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="The toy world and its anchor (see the docstring).")
     p.add_argument("--pretrain", action="store_true", help="pretrain the anchor (deterministic)")
     p.add_argument("--out", default=None, help="where --pretrain writes (default: assets/toy_anchor)")
+    p.add_argument("--on-target-share", type=float, default=None,
+                   help="--pretrain a scarcer anchor: share of on-target drafts among its valid ones (issue 17)")
     p.add_argument("--report", action="store_true", help="measure the anchor (or --model) on the world")
     p.add_argument("--model", default=None, help="a checkpoint directory to --report on instead")
     p.add_argument("--n", type=int, default=4, help="solver samples per question for --report")
@@ -646,7 +669,9 @@ def main(argv=None):
         for name, path in write_world(args.write_world).items():
             print(f"{name}: {path}")
     if args.pretrain:
-        pretrain_anchor(args.out or SHIPPED_ANCHOR)
+        if args.on_target_share is not None and args.out is None:
+            p.error("--on-target-share needs --out (the shipped anchor stays today's)")
+        pretrain_anchor(args.out or SHIPPED_ANCHOR, on_target_share=args.on_target_share)
     if args.report:
         from rollout import load_model
         model, tok = load_model(args.model) if args.model else load_anchor()

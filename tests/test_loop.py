@@ -15,6 +15,8 @@ import train
 from loop_fakes import ScriptedEngine, loop_args
 
 ROOT = Path(__file__).resolve().parent.parent
+# the scripted loop at its smallest (about a second per iteration), where the size does not matter
+SMALL = ["--doc_batch_size=2", "--n_gen=2", "--n_solver=2", "--ppo_minibatch_groups=1", "--dev_limit=2"]
 
 
 def dcp_tensors(ckpt: Path) -> dict:
@@ -124,9 +126,10 @@ def test_two_ranks_equal_one_rank(tmp_path, two_extra):
 
 
 def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path, scripted):
-    full = train.main(loop_args(tmp_path, tmp_path / "full", ["--iterations=2", "--save_every=1"]))
-    train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=1", "--save_every=1"]))
-    resumed = train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=2", "--save_every=1", "--resume"]))
+    full = train.main(loop_args(tmp_path, tmp_path / "full", ["--iterations=2", "--save_every=1", *SMALL]))
+    train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=1", "--save_every=1", *SMALL]))
+    resumed = train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=2", "--save_every=1", "--resume",
+                                                                *SMALL]))
     assert resumed["history"][-1]["iteration"] == 1
     for role in ("generator", "solver"):
         a = load_file(tmp_path / "full" / "ckpt_00001" / role / "model.safetensors")
@@ -147,7 +150,7 @@ def test_two_ranks_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     run = lambda out, extra: subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "tests" / "dist_loop.py"), *loop_args(tmp_path, out, ["--save_every=1", *extra])],
+         str(ROOT / "tests" / "dist_loop.py"), *loop_args(tmp_path, out, ["--save_every=1", *SMALL, *extra])],
         capture_output=True, text=True, env=env, timeout=600)
     for out, extra in ((tmp_path / "full", ["--iterations=2"]), (tmp_path / "cut", ["--iterations=1"]),
                        (tmp_path / "cut", ["--iterations=2", "--resume"])):

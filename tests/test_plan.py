@@ -66,7 +66,10 @@ def test_plan_bad_flags_are_one_line_errors():
         assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
 
 
-@pytest.mark.parametrize("ckpt", [False, True])
+# The hook-path configuration (checkpointing off) takes ~2 minutes more; CI runs the split-path one, which
+# covers every phase but the hook-path influence. INFUSER_SLOW_TESTS=1 runs both.
+@pytest.mark.parametrize("ckpt", [pytest.param(False, marks=pytest.mark.skipif(
+    not os.environ.get("INFUSER_SLOW_TESTS"), reason="slow: set INFUSER_SLOW_TESTS=1")), True])
 def test_plan_prediction_matches_a_real_run_within_20_percent(tmp_path, ckpt):
     """Each phase's peak above its starting memory, predicted on fake tensors, against the same phase run
     for real: the tracker on real tensors (must agree to 1%) and the kernel's peak-RSS increment (within

@@ -34,7 +34,7 @@ def run_cli(*args, timeout=300):
                           timeout=timeout, env=env, cwd=ROOT)
 
 
-SMALL = ["--doc_batch_size=2", "--n_gen=2", "--n_solver=2", "--ppo_minibatch_groups=1", "--dev_limit=2"]
+from test_loop import SMALL  # noqa: E402
 
 
 def small(tmp, out, extra=()):
