@@ -2,7 +2,8 @@
 
     python experiments/official_diff.py PATH_TO_OFFICIAL_CHECKOUT [--quick]
 
-PATH is a checkout of github.com/FFishy-git/INFUSER (not part of this repository). At run time the script
+PATH is a checkout of github.com/FFishy-git/INFUSER (not part of this repository), or the tree of one
+(`git archive HEAD verl_inf_evolve | tar -x -C PATH`). At run time the script
 puts the official modules it needs (question_parser.py, the verifiers _math_verifier.py, _math_judger.py,
 aime.py, and the extractors in mcq_utils.py, math500_prompting.py, mmlu_pro_prompting.py) into a scratch
 package in a temporary directory (with a stub verifiers/__init__.py, so nothing else of theirs is imported)

@@ -49,10 +49,11 @@ def ensure_anchor(level: str) -> Path:
 
 
 def runs_of(levels, only, seeds):
+    """Level by level (in the order given), seed by seed, so that a sweep stopped early has whole seeds."""
     for level in levels:
-        for name in MAIN + (EXTRA_AT_SCARCEST if level == "scarcest" else ()):
-            if not only or name in only:
-                for s in seeds:
+        for s in seeds:
+            for name in MAIN + (EXTRA_AT_SCARCEST if level == "scarcest" else ()):
+                if not only or name in only:
                     yield level, name, s
 
 
