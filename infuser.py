@@ -423,10 +423,10 @@ def solve(role: Role, cfg, items: list, gids: list[int], it: int, tag: str) -> G
     out = Graded()
     tick = time.perf_counter()
     for x, g, samples in zip(items, gids, outs):
+        meta = getattr(x, "meta", None) or {}
+        how = dict(source=getattr(x, "source", None), answer_type=meta.get("answer_type"), unit=meta.get("unit"))
         for s in samples:
-            meta = getattr(x, "meta", None) or {}
-            score = grade(s.text, x.answer, x.choices, source=getattr(x, "source", None),
-                          answer_type=meta.get("answer_type"), unit=meta.get("unit"))
+            score = grade(s.text, x.answer, x.choices, **how)
             c = 1.0 if score == 1.0 else 0.0
             r = c
             # spec §2.6: no extractable answer although the model stopped by itself (EOS, not truncation)

@@ -24,8 +24,6 @@ def scripted(monkeypatch):
     monkeypatch.setattr(train, "HFEngine", ScriptedEngine)
 
 
-def rows(p):
-    return [json.loads(line) for line in Path(p).read_text().splitlines() if line.strip()]
 
 
 def run_cli(*args, timeout=300):
@@ -34,7 +32,7 @@ def run_cli(*args, timeout=300):
                           timeout=timeout, env=env, cwd=ROOT)
 
 
-from test_loop import SMALL  # noqa: E402
+from test_loop import SMALL, read_jsonl as rows  # noqa: E402
 
 
 def small(tmp, out, extra=()):
