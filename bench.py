@@ -103,44 +103,19 @@ def _influence_setup(model_kind: str, q: int, shard=None):
 
 
 def official_loop_scores(model, opt, dev, gen, temperature=0.7, tis_cap=2.0):
-    """The paper's computation (spec §4.6-4.7): the dev gradient m, then for every question zero the grads,
-    run ONE backward over its rollouts, precondition every parameter's .grad with the live AdamW state and
-    reduce to <gamma, m> and ||gamma||^2. fp32 throughout. Under torchrun (FSDP2) it runs the paper's
-    layout: each question's rollouts are split over the ranks, so every question costs one FSDP backward
-    (a full gradient reduce-scatter); each rank reduces its gradient shard and one all_reduce sums the two
-    partial scalars. dev, gen: the full rollouts (the same on every rank). Scores of all questions."""
+    """The paper's computation, influence.plain_scores: the dev gradient m, then for every question ONE
+    backward over its rollouts into .grad, preconditioned with the live AdamW state and reduced to
+    <gamma, m> and ||gamma||^2. Under torchrun (FSDP2) it is the paper's layout: each question's rollouts
+    are split over the ranks, so every question costs one FSDP backward (a full gradient reduce-scatter).
+    dev, gen: the full rollouts (the same on every rank). Returns the scores of all questions."""
     import influence
-    from dugrpo import group_advantages, tis_weights, token_logprobs, varying_groups
-    rank, world = (dist.get_rank(), dist.get_world_size()) if influence._world() > 1 else (0, 1)
-    d = dev.select(torch.isin(dev.group_ids, torch.unique(dev.group_ids)[rank::world]))   # whole dev groups
-    m = influence.dev_gradient(model, d, temperature, tis_cap)                     # (local shards of) m
-    m_norm = influence._all_reduce(sum(influence._local(x).double().pow(2).sum() for x in m.values())).sqrt()
-    kept = gen.select(varying_groups(gen.rewards, gen.group_ids))
-    l_gen = kept.response_mask.sum().item() / len(kept)
-    uniq = torch.unique(gen.group_ids)
-    scores = torch.zeros(len(uniq))
-    for qi, g in enumerate(uniq.tolist()):
-        rows = (kept.group_ids == g).nonzero().squeeze(-1)
-        if len(rows) == 0:
-            continue
-        n_q, r = len(rows), kept.select(rows)
-        adv = group_advantages(r.rewards, r.group_ids, "none")[rank::world]    # over the whole group
-        r = r.select(torch.arange(rank, n_q, world))                           # this rank's rollouts of q
-        model.zero_grad(set_to_none=True)
-        lp = token_logprobs(model, r.input_ids, r.attention_mask, temperature, r.response_mask)
-        w = tis_weights(lp.detach(), r.sampler_logprobs, tis_cap)
-        # FSDP2 averages over ranks: scale by the world size so the shards hold the sum over the rollouts
-        (-(world / (n_q * l_gen)) * (adv * (w * r.response_mask * lp).sum(-1)).sum()).backward()
-        part = torch.zeros(2, dtype=torch.float64)
-        for name, p in model.named_parameters():
-            v, step, b2, eps = influence.adamw_state(opt, p)
-            gam = influence.precondition(influence._local(p.grad), None if v is None else influence._local(v),
-                                         step, b2, eps)
-            part += torch.stack([(gam * influence._local(m[name])).sum(), (gam * gam).sum()]).double()
-        influence._all_reduce(part)
-        scores[qi] = part[0] / (part[1].sqrt().clamp(min=1e-12) * m_norm.clamp(min=1e-12))
-    model.zero_grad(set_to_none=True)
-    return scores
+    from dist import gather, rank_world
+    rank, world = rank_world()
+    mine = lambda r: r.select(torch.isin(r.group_ids, torch.unique(r.group_ids)[rank::world]))   # whole groups
+    d, g = mine(dev), mine(gen)
+    s = influence.plain_scores(model, opt, d, g, temperature=temperature, tis_cap=tis_cap)
+    got = dict(p for part in gather(list(zip(torch.unique(g.group_ids).tolist(), s.tolist()))) for p in part)
+    return torch.tensor([got[k] for k in sorted(got)])
 
 
 def _influence_worker(method: str, model_kind: str, q: int, repeats: int, conn) -> None:

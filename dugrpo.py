@@ -1,27 +1,15 @@
-"""dugrpo.py -- the pure tensor math of INFUSER's policy updates.
+"""dugrpo.py -- the pure tensor math of INFUSER's policy updates (README eq. 1-3, algorithm.md §3, §6).
 
-What is here (spec = ../shared/spec/INFUSER.md, numbered as in the README):
-  * group_advantages     spec §6 / README eq. (1)-(3): GRPO-family advantages per group of rollouts.
-        "none"       A = R - mu_g                                   Dr.GRPO (the solver, spec §3.5)
-        "group_std"  A = (R - mu_g) / (sigma_g + eps)               GRPO (generator ablation)
-        "batch_std"  A = (R - mu_g) / (std_u(R - mu) + eps)         generator ablation
-        "hybrid_std" A = (R - mu_g) / (sigma_g + mean_{sigma>0} sigma + eps)   DuGRPO (the generator)
-     sigma = unbiased (n-1) std; a group of one rollout gets mu = 0, sigma = 1 (as verl does).
-  * varying_groups       spec §3.4 / §5.2: the explicit zero-variance filter (kept separate from the
-                         advantage on purpose: callers decide where rows are dropped).
-  * token_logprobs       log p(input_ids[n,t] | input_ids[n,<t]) of logits / temperature, computed
-                         chunk by chunk so that no second [N, T, V] float tensor is ever allocated in
-                         the forward pass (the backward allocates exactly one: the gradient of the logits).
-  * tis_weights          spec §3.6: token-level truncated importance weights min(pi_old / pi_sampler, cap).
-  * policy_loss          spec §3.6: PPO clipped surrogate with dual clip, times the detached TIS weight,
-                         summed over response tokens and divided by a *given* global normaliser
-                         (token_mean_normaliser: configured minibatch size x batch-mean response length).
-
-What is deliberately not here: KL penalties and entropy bonuses (the paper uses neither, spec §3.6),
-sequence-level importance sampling and rejection sampling (off in every recipe), advantage clipping
-(none anywhere). No model code, no I/O, no process group: every function takes tensors (or, for
-token_logprobs, a callable that returns logits) and returns tensors.
-
+  group_advantages   per group of rollouts ("none" Dr.GRPO for the solver, "hybrid_std" DuGRPO for the
+                     generator; "group_std", "batch_std" the generator ablations)
+  varying_groups     the explicit zero-variance filter (§3.4, §5.2): callers decide where rows are dropped
+  token_logprobs     log p(input_ids[n,t] | input_ids[n,<t]) of logits / T, chunk by chunk: no second
+                     [N, T, V] float tensor in the forward; the backward allocates exactly one
+  tis_weights        token-level truncated importance weights min(pi_old / pi_sampler, cap) (§3.6)
+  policy_loss        PPO clipped surrogate with dual clip, times the TIS weight, summed over response tokens
+                     and divided by token_mean_normaliser (minibatch size x batch-mean response length)
+Not here: KL penalties and entropy bonuses (the paper uses neither), sequence-level importance sampling,
+rejection sampling, advantage clipping (off in every recipe). No model code, no I/O, no process group.
 Shapes: N rollouts, T tokens, V vocabulary, K groups.
 """
 from __future__ import annotations
@@ -32,7 +20,7 @@ ADVANTAGE_MODES = ("none", "group_std", "batch_std", "hybrid_std")
 
 
 # ----------------------------------------------------------------------------------------------
-# Group statistics and advantages (spec §6)
+# Group statistics and advantages (algorithm.md §6)
 
 def _groups(group_ids: torch.Tensor):
     """Map arbitrary (non-contiguous) group ids to 0..K-1. Returns (inverse [N], counts [K])."""
@@ -41,11 +29,8 @@ def _groups(group_ids: torch.Tensor):
 
 
 def group_mean_std(rewards: torch.Tensor, group_ids: torch.Tensor):
-    """Per-group mean and unbiased std, broadcast back to rollouts.
-
-    rewards [N] float, group_ids [N] int (any values, any order).
-    Returns mu [N], sigma [N], sigma_per_group [K]. Groups of size 1 get mu = 0, sigma = 1 (verl's rule).
-    """
+    """rewards [N], group_ids [N] (any values, any order) -> mu [N], sigma [N], sigma per group [K]:
+    per-group mean and unbiased std; a group of one rollout gets mu = 0, sigma = 1 (verl's rule)."""
     inverse, counts = _groups(group_ids)                                  # [N], [K]
     k = counts.numel()
     r = rewards
@@ -63,13 +48,10 @@ def group_mean_std(rewards: torch.Tensor, group_ids: torch.Tensor):
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, mode: str,
                      eps: float = 1e-6) -> torch.Tensor:
-    """Advantage per rollout, centred on its group mean, then divided according to `mode`.
-
-    rewards [N], group_ids [N] -> advantages [N] (same dtype as rewards). Order: centre, then divide.
-    "hybrid_std" (DuGRPO): the batch term is the mean of the *positive* group stds of this batch, so a
-    group whose rewards barely differ is not blown up to unit scale (its denominator is >= sigma_bar),
-    while a widely spread group is still damped by its own sigma_g.
-    """
+    """rewards [N], group_ids [N] -> advantages [N], centred on the group mean, then divided by mode:
+      "none" A = R - mu_g (Dr.GRPO) | "group_std" / (sigma_g + eps) | "batch_std" / (std(R - mu) + eps) |
+      "hybrid_std" / (sigma_g + mean_{sigma > 0} sigma + eps) (DuGRPO: a group whose rewards barely differ
+      is not blown up to unit scale, a widely spread one is still damped by its own sigma_g)."""
     if mode not in ADVANTAGE_MODES:
         raise ValueError(f"unknown advantage mode {mode!r}; choose one of {ADVANTAGE_MODES}")
     if rewards.numel() == 0:
@@ -90,12 +72,8 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, mode: str,
 
 
 def varying_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 1e-12) -> torch.Tensor:
-    """Keep-mask [N] (bool): True for rollouts whose group's rewards are not all equal.
-
-    Spec §3.4 drops solver groups with population variance 0, §5.2 drops documents whose population
-    std is <= 1e-12. Both are this test: the population std, in float64 so that eight equal float32
-    rewards (whose float32 mean may round) count as constant.
-    """
+    """Keep-mask [N]: True where the group's rewards are not all equal (population std > tol, in float64
+    so that equal float32 rewards whose mean rounds count as constant; algorithm.md §3.4, §5.2)."""
     if rewards.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=rewards.device)
     inverse, counts = _groups(group_ids)
@@ -119,11 +97,8 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _TemperedLogprob(torch.autograd.Function):
-    """log_softmax(logits / temperature).gather(targets), row chunk by row chunk.
-
-    Forward keeps only the logits the model already produced plus an [M] log-sum-exp; backward writes
-    d logits = (onehot(target) - softmax(logits / T)) * g / T into one preallocated tensor.
-    """
+    """log_softmax(logits / T).gather(targets), row chunk by row chunk. Forward keeps the logits plus an
+    [M] log-sum-exp; backward writes d logits = (onehot(target) - softmax(logits / T)) * g / T in place."""
 
     @staticmethod
     def forward(ctx, logits, targets, temperature, chunk_rows):
@@ -160,13 +135,9 @@ class _TemperedLogprob(torch.autograd.Function):
 
 def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
                          chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-    """Aligned per-token log-probs from next-token logits.
-
-    logits [N, T, V] where logits[n, t] predicts token t+1; input_ids [N, T].
-    Returns lp [N, T] (float32; float64 for float64 logits) with lp[n, t] = log p_T(input_ids[n, t] | input_ids[n, <t]) and lp[:, 0] = 0
-    (the DESIGN.md convention). Log-probs are of the temperature-scaled distribution, which is what the
-    sampler reports ("processed" log-probs), so that pi_old / pi_sampler compares like with like.
-    """
+    """logits [N, T, V] (logits[n, t] predicts token t+1), input_ids [N, T] -> lp [N, T] (fp32; fp64 for
+    fp64 logits), lp[n, t] = log p_T(input_ids[n, t] | input_ids[n, <t]), lp[:, 0] = 0: of the tempered
+    distribution, as the sampler reports it, so that pi_old / pi_sampler compares like with like."""
     n, t, v = logits.shape
     # targets for position t are the next tokens; the last position has no target (its value is unused)
     nxt = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)          # [N, T]
@@ -179,13 +150,9 @@ def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperat
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
                    response_mask: torch.Tensor | None = None,
                    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-    """Run `model` (any HF-style callable returning `.logits` [N, T', V]) and return aligned log-probs [N, T].
-
-    Rows are right-padded, so default position ids (0, 1, ...) are right for every real token. With
-    `response_mask` [N, T], only the positions from the first response token of the batch onwards are
-    computed (logits_to_keep): the LM head never runs on the prompt, which for long prompts and a large
-    vocabulary is most of the logits' memory. Positions before that are returned as 0.
-    """
+    """Aligned log-probs [N, T] of right-padded rows from `model` (HF-style, returns `.logits`). With
+    response_mask [N, T] the LM head runs only from the batch's first response token on (logits_to_keep):
+    for long prompts and a large vocabulary most of the logits' memory. Earlier positions are 0."""
     n, t = input_ids.shape
     start = 1
     if response_mask is not None and response_mask.any():
@@ -198,16 +165,12 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------------------------
-# The clipped surrogate with truncated importance sampling (spec §3.6)
+# The clipped surrogate with truncated importance sampling (algorithm.md §3.6)
 
 def tis_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor | None,
                 cap: float = 2.0) -> torch.Tensor:
-    """Token-level truncated importance weights w = min(exp(clamp(old - sampler, -20, 20)), cap), detached.
-
-    old_logprobs [N, T]: the training model's log-probs recomputed before the update; sampler_logprobs
-    [N, T] or None (None: the trainer sampled itself, w = 1). The clamp keeps exp finite in fp32.
-    Only upper truncation: no rejection and no renormalisation (spec §3.6).
-    """
+    """w = min(exp(clamp(old - sampler, -20, 20)), cap), detached [N, T]; sampler_logprobs None (the trainer
+    sampled itself): w = 1. Upper truncation only: no rejection, no renormalisation."""
     if sampler_logprobs is None:
         return torch.ones_like(old_logprobs)
     raw = torch.exp(torch.clamp(old_logprobs.detach() - sampler_logprobs, -20.0, 20.0))
@@ -216,10 +179,9 @@ def tis_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor | Non
 
 def token_mean_normaliser(response_mask: torch.Tensor | None, minibatch_size: int,
                           totals: tuple[float, float] | None = None) -> float:
-    """The global token-mean normaliser B * L_bar (spec §3.6): B = configured minibatch size in
-    responses, L_bar = mean response length over the whole update batch (response_mask [N, T], or
-    totals = (response tokens, responses) summed over all ranks). Constant within an update, so a
-    partial last minibatch gets proportionally less weight."""
+    """B * L_bar: B = configured minibatch size in responses, L_bar = mean response length of the whole
+    update batch (response_mask [N, T], or totals = (response tokens, responses) over all ranks). Constant
+    within an update, so a partial last minibatch weighs proportionally less."""
     n_tok, n_rows = totals if totals is not None else (response_mask.sum().item(), response_mask.shape[0])
     mean_len = n_tok / max(n_rows, 1)
     return float(minibatch_size) * max(mean_len, 1.0)
@@ -229,10 +191,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                 response_mask: torch.Tensor, normaliser: float, *,
                 sampler_logprobs: torch.Tensor | None = None, tis_cap: float = 2.0,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 3.0):
-    """PPO clipped surrogate with dual clip, times truncated IS weights, over a global normaliser.
-
-    logprobs [N, T] (with grad), old_logprobs [N, T], advantages [N], response_mask [N, T],
-    sampler_logprobs [N, T] or None, normaliser = token_mean_normaliser(...) of the whole update.
+    """logprobs [N, T] (with grad), old_logprobs [N, T], advantages [N], response_mask [N, T],
+    sampler_logprobs [N, T] or None, normaliser = token_mean_normaliser(...) of the whole update:
       rho_t = exp(clamp(lp - lp_old, -20, 20))
       L_t   = max(-A rho_t, -A clip(rho_t, 1 - clip_low, 1 + clip_high));  if A < 0: L_t = min(L_t, c |A|)
       loss  = sum_{n,t} mask * w_t * L_t / normaliser,   w_t = tis_weights(lp_old, lp_sampler)

@@ -1,79 +1,129 @@
-"""influence.py -- INFUSER's optimizer-aware influence score, exact and fast.
+"""influence.py -- INFUSER's optimizer-aware influence score: its plain definition, then the fast exact one.
 
-What it computes (spec §4, README eq. (4)-(7)). For solver rollouts R grouped by question, with Dr.GRPO
-advantages A_i = r_i - mean_group(r) and detached truncated IS weights w_it (spec §3.6 with pi_old = the
-current solver), the policy-gradient vector is
+For solver rollouts R grouped by question, with Dr.GRPO advantages A_i = r_i - mean_group(r) and detached
+truncated IS weights w_it (pi_old = the current solver), the policy-gradient vector (README eq. 4-7,
+algorithm.md §4) is
 
     G(R; n, L) = -(1 / (n L)) sum_{i in R} A_i sum_t w_it grad log pi_theta(y_it | x_i, y_i,<t)   (log-probs at T)
 
-  * m   = G(R_dev; |R_dev|, L_dev)    the target ("dev") gradient, all non-constant dev groups at once
-  * g_q = G(R_q;   |R_q|,   L_gen)    one question's rollouts, with the batch-wide mean length L_gen
-  * gamma_q = precondition(g_q, v, step, beta2, eps)      AdamW's direction if its next gradient were g_q
-  * score_q = <gamma_q, m> / (||gamma_q|| ||m||)          "preconditioned_cosine" (the paper); also "dot",
-    "cosine" and "preconditioned_dot" (spec §4.4). Norms are clamped below at 1e-12.
-A positive score: one solver step on q is expected to lower the dev policy loss (first order).
+  m = G(R_dev; |R_dev|, L_dev) (all non-constant dev groups), g_q = G(R_q; |R_q|, L_gen) (one question, the
+  batch-wide mean length L_gen), gamma_q = precondition(g_q, v, step, beta2, eps) (AdamW's direction if its
+  next gradient were g_q), score_q = <gamma_q, m> / (||gamma_q|| ||m||) ("preconditioned_cosine", the paper;
+  also "dot", "cosine", "preconditioned_dot"). A positive score: a solver step on q lowers the dev loss.
 
-Why it is fast. The paper's code spends one full backward pass per question. Here one forward over a
-chunk of questions is followed by ONE backward that computes activation gradients only
-(`torch.autograd.grad` to the embedding output; parameter `.grad` is never touched). Every module's
-output passes through a tap (_Tap, an identity autograd function) that saves the module's input x; its
-backward receives the output gradient delta and builds the per-question weight gradients directly: for a
-Linear layer g_q = sum_{tokens of q} delta_t x_t^T, one batched matmul [Q, out, T_q] @ [Q, T_q, in].
-That is the same arithmetic as the ordinary weight gradient, just kept apart per question, and it is then
-preconditioned and reduced to two scalars per question (<gamma_q, m> and ||gamma_q||^2) before the next
-module's gradient arrives, so at most one module's [Q_chunk, *param] block is alive at a time. Exact:
-identical to the per-question loop (the tests compare them mode by mode, with and without checkpointing).
-
-Memory: every forward (dev gradient and question pass) holds at most `max_tokens` padded tokens; a
-question whose rollouts do not fit one forward is scored by the paper's own per-question backward (its
-rows micro-batched under the budget and spread over the ranks, its gradient accumulated in the sharded
-.grad, then reduced shard by shard) -- see influence_scores. Activation checkpointing (non-reentrant,
-rollout.set_activation_checkpointing) works in both paths: x is a saved tensor of the tap, so the
-checkpointed layer's recomputation supplies it in the backward.
-
-Supported parameter owners: nn.Linear, nn.Embedding, and 1-D elementwise-affine layers (RMSNorm,
-LayerNorm: out = a(x) + b(x) * weight [+ bias]). Tied input/output embeddings are summed per question
-before preconditioning. Anything else raises a clear error naming the module.
-
-Distributed (torchrun, FSDP2): every rank scores the questions of its own rollouts. The dev gradient m
-comes from an ordinary backward (FSDP2 reduce-scatters it into shards; the loss is scaled by the world size
-to undo FSDP's averaging). In the per-question pass, each rank gathers one parameter's full m and
-exp_avg_sq at a time (2 x P floats per chunk, instead of reduce-scattering Q per-question gradients,
-Q x P floats) and reduces its own questions' gradients against them. Global quantities -- the dev
-rollout and token counts, L_gen, ||m||^2 -- are combined with all_reduce of a few packed scalars. World
-size 1 runs the same code with the collectives skipped. All ranks must call with the same chunking
-(ranks with fewer questions run zero-weight dummy passes so collectives stay in step).
-
-Left out (spec §4.2, §4.5): the momentum buffer for m (`use_momentum`, off in every recipe) and free-form
-"shortcut" questions (off everywhere). No random projection, no layer subset: all parameters, fp32.
+1. `plain_scores`, the definition: the paper's loop, one backward pass into .grad per question
+   (`question_by_backward`), preconditioned and reduced to <u_q, m> and ||u_q||^2. The reference of the
+   tests and bench.py, and the fast version's fallback for a question too large for one forward.
+2. `influence_scores`, the fast exact version: one forward over a chunk of questions, then ONE backward of
+   activation gradients only. A tap (_Tap) on every module's output saves its input x; its backward gets
+   the output gradient delta and forms the per-question weight gradients directly (Linear: g_q =
+   sum_{tokens of q} delta_t x_t^T, one batched matmul), preconditions and reduces them before the next
+   module's gradient arrives: one module's [Q_chunk, *param] block is alive at a time. The tests compare
+   it with 1. and with an independent float64 loop (tests/influence_reference.py), mode by mode.
+Memory: every forward holds <= `max_tokens` padded tokens; activation checkpointing works in both paths (x
+is a saved tensor of the tap). Supported owners: Linear, Embedding, 1-D elementwise-affine layers (RMSNorm,
+LayerNorm); tied embeddings are summed before preconditioning; anything else is a clear error.
+FSDP2: m comes from an ordinary backward (the loss scaled by the world size to undo FSDP's averaging); the
+hook path gathers one parameter's full m and exp_avg_sq at a time (2 x P floats, not Q x P); ranks with
+fewer questions run zero-weight passes so that collectives stay in step.
+Left out (algorithm.md §4.2, §4.5): the momentum buffer for m, free-form "shortcut" questions (off in every
+recipe). No random projection, no layer subset: all parameters, fp32.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
+from dist import all_reduce_, full, gather, local, max_over_ranks, rank_world, sharded
 from dugrpo import acc_dtype, group_advantages, tis_weights, token_logprobs, varying_groups
+from records import Rollouts
 
 MODES = ("dot", "cosine", "preconditioned_dot", "preconditioned_cosine")
 TEMP_ELEMENTS = 1 << 26     # floats per fp32 temporary of the hook path (256 MB): slices bound the copies
 
 
 # ----------------------------------------------------------------------------------------------
-# The AdamW preconditioner (spec §4.4)
+# 1. The definition: one backward pass per question (the paper's loop, algorithm.md §4.2-4.7)
+
+def plain_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_cosine", temperature: float = 0.7,
+                 tis_cap: float = 2.0, max_tokens: int = 32768) -> torch.Tensor:
+    """What influence_scores returns, computed plainly: m, then for each question g_q by its own backward."""
+    scores, uniq, m = _setup(model, dev, mode, temperature, tis_cap, max_tokens, gen)
+    if m is None:
+        return scores
+    kept = _kept(gen)
+    l_gen, qids, rows_of = _questions(kept)
+    dot, norm2 = torch.zeros(len(qids), dtype=torch.float64), torch.zeros(len(qids), dtype=torch.float64)
+    with _train_mode(model):
+        for j, d, n in _loop_scalars(model, optimizer, m, kept, rows_of, range(len(qids)), mode, l_gen,
+                                     temperature, tis_cap, max_tokens):
+            dot[j], norm2[j] = d, n
+    return _fill(scores, uniq, qids, dot, norm2, m, mode)
+
+
+def question_by_backward(model, optimizer, m, rows, mode, l_gen, temperature, tis_cap, max_tokens) -> torch.Tensor:
+    """[<u_q, m>, ||u_q||^2] of ONE question. rows: its whole group, the same on every rank; each rank
+    takes every world-th row, one backward accumulates g_q into .grad (FSDP2 reduce-scatters it), each rank
+    reduces its shard against its shards of m and exp_avg_sq, and the partial scalars are summed."""
+    rank, world = rank_world()
+    params = dict(model.named_parameters())
+    shard = sharded(params.values())
+    n_q = len(rows)
+    share = rows.select(torch.arange(rank, n_q, world))
+    adv = group_advantages(rows.rewards.double(), rows.group_ids, "none")[rank::world]    # whole group
+    scale = (world if shard else 1) / (n_q * l_gen)
+    if len(share) == 0:                   # fewer rows than ranks: this rank only keeps FSDP in step
+        share, adv, scale = filler(), torch.zeros(1, dtype=torch.float64), 0.0
+    with _saved_grads(list(params.values())):
+        _backward_rows(model, share, adv, scale, temperature, tis_cap, max_tokens)
+        part = torch.zeros(2, dtype=torch.float64)
+        for name, p in params.items():
+            if p.grad is None:
+                continue
+            g = local(p.grad).detach().to(acc_dtype(p.dtype))
+            if not shard and world > 1:
+                g = all_reduce_(g.clone())
+            if mode.startswith("preconditioned"):
+                v, step, beta2, eps = adamw_state(optimizer, p)
+                g = precondition(g, None if v is None else local(v), step, beta2, eps)
+            part = part + torch.stack([(g * local(m[name]).to(g.dtype)).sum(), g.pow(2).sum()]).double().cpu()
+    return all_reduce_(part) if shard else part
+
+
+def dev_gradient(model, dev, temperature: float = 0.7, tis_cap: float = 2.0,
+                 max_tokens: int = 32768) -> dict[str, torch.Tensor] | None:
+    """m = G(R_dev) as {param name: fp32 tensor (the local shard under FSDP2)}, or None when no dev group
+    (on any rank) has reward variance. Advantages over whole groups, then micro-batches of <= max_tokens."""
+    dev = _kept(dev)
+    n_rows, n_tokens = all_reduce_(torch.tensor([len(dev), dev.response_mask.sum().item()], dtype=torch.float64)).tolist()
+    if n_rows == 0:
+        return None
+    params = dict(model.named_parameters())
+    shard = sharded(params.values())
+    # FSDP2 averages gradients over ranks; scale by the world size so that m is the sum over all rows
+    scale = (rank_world()[1] if shard else 1) / (n_rows * (n_tokens / n_rows))
+    adv = group_advantages(dev.rewards.double(), dev.group_ids, "none")                     # [N] whole groups
+    if len(dev) == 0:                     # this rank has no signal rows: it joins with zero-weight passes
+        dev, adv, scale = filler(), torch.zeros(1, dtype=torch.float64), 0.0
+    with _saved_grads(list(params.values())), _train_mode(model):
+        _backward_rows(model, dev, adv, scale, temperature, tis_cap, max_tokens)
+        m = {n: p.grad.detach().to(acc_dtype(p.dtype)).clone() if p.grad is not None
+             else torch.zeros_like(p, dtype=acc_dtype(p.dtype)) for n, p in params.items()}
+    if not shard and rank_world()[1] > 1:     # replicated model: sum the ranks' gradients explicitly
+        for g in m.values():
+            all_reduce_(g)
+    return m
+
 
 def precondition(grad: torch.Tensor, exp_avg_sq: torch.Tensor | None, step: int | float,
                  beta2: float, eps: float) -> torch.Tensor:
     """gamma = g / (sqrt(v' / (1 - beta2^(step+1))) + eps),  v' = beta2 * v + (1 - beta2) * g * g.
 
-    grad [..., *P] (leading dims broadcast against exp_avg_sq [*P]); exp_avg_sq None = empty optimizer
-    state (v = 0); step = optimizer steps taken so far. This is exactly the step AdamW would take on
-    gradient g with beta1 = 0, no weight decay and unit learning rate: g's own square is folded into the
-    second moment first (so the first step is ~ sign(g)), and eps sits outside the root as in AdamW.
-    """
+    grad [..., *P] broadcasts against exp_avg_sq [*P] (None: empty state, v = 0); step = steps taken so far.
+    Exactly AdamW's step on gradient g with beta1 = 0, no weight decay, unit learning rate: g's own square
+    is folded into the second moment first (the first step is ~ sign(g)); eps outside the root."""
     g = grad.to(acc_dtype(grad.dtype))
     v_new = (1.0 - beta2) * g * g
     if exp_avg_sq is not None:
@@ -93,53 +143,11 @@ def adamw_state(optimizer: torch.optim.Optimizer, param: nn.Parameter):
     return state.get("exp_avg_sq"), step, float(group["betas"][1]), float(group["eps"])
 
 
-# ----------------------------------------------------------------------------------------------
-# Small distributed helpers: no-ops at world size 1
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
-    if _world() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
-def _full(t: torch.Tensor | None) -> torch.Tensor | None:
-    """The full tensor of an FSDP2 (DTensor) shard; plain tensors pass through."""
-    return t.full_tensor() if t is not None and hasattr(t, "full_tensor") else t
-
-
-def _gather(x) -> list:
-    """[x of rank 0, x of rank 1, ...] (token ids and the like: small next to a gradient). Under the
-    memory plan's fake process group (train.py --plan) no data moves: every rank is taken to hold x."""
-    if _world() == 1:
-        return [x]
-    if dist.get_backend() == "fake":
-        return [x] * _world()
-    out = [None] * _world()
-    dist.all_gather_object(out, x)
-    return out
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-# ----------------------------------------------------------------------------------------------
-# The policy-gradient surrogate of spec §4.1, and token-budgeted micro-batches
-
 def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_scale: torch.Tensor) -> torch.Tensor:
-    """sum_i row_scale_i * A_i * sum_t mask * w_it * (-log pi(y_it)) -- its gradient is -sum_i scale_i A_i ... .
-
-    adv [N]: the Dr.GRPO advantage of each row, formed by the caller over the row's WHOLE group (a
-    micro-batch may hold part of a group; its own mean would be wrong). row_scale [N] carries the
-    normaliser 1 / (n L) of each row's set. The spec writes the per-token term as -A w exp(lp - sg(lp));
-    its gradient equals that of -A w lp, which is used here. w_it uses the same forward's (detached)
-    log-probs as pi_old. Padded positions are selected away (not multiplied by 0), so a non-finite value
-    there cannot reach the sum.
-    """
+    """sum_i row_scale_i A_i sum_t mask w_it (-log pi(y_it)): its gradient is G's (algorithm.md §4.1).
+    adv [N] formed over each row's WHOLE group by the caller; row_scale [N] = 1 / (n L) of the row's set.
+    The gradient of -A w exp(lp - sg(lp)) equals that of -A w lp, used here; w_it from this forward's
+    detached log-probs. Padded positions are selected away, so a non-finite value there cannot leak."""
     lp = token_logprobs(model, rollouts.input_ids, rollouts.attention_mask, temperature,
                         rollouts.response_mask)                                            # [N, T]
     on = rollouts.response_mask > 0
@@ -151,20 +159,59 @@ def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_s
     return -(row_scale.to(lp.dtype) * adv.to(lp.dtype) * per_row).sum()
 
 
-def _kept(rollouts):
-    """Rollouts of groups whose rewards vary (zero-variance groups carry no gradient, spec §4.2-4.3)."""
-    return rollouts.select(varying_groups(rollouts.rewards, rollouts.group_ids))
+def _setup(model, dev, mode, temperature, tis_cap, max_tokens, gen):
+    """(scores [Q] zeros, question ids [Q] of gen, m or None)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown influence mode {mode!r}; choose one of {MODES}")
+    uniq = torch.unique(gen.group_ids, sorted=True)                                      # [Q]
+    scores = torch.zeros(len(uniq), dtype=acc_dtype(next(model.parameters()).dtype))
+    return scores, uniq, dev_gradient(model, dev, temperature, tis_cap, max_tokens)
 
 
-def _widths(rollouts) -> torch.Tensor:
-    """[N] number of attended tokens of each right-padded row (its width once `select` trims it)."""
-    return rollouts.attention_mask.sum(-1).clamp(min=1)
+def _questions(kept):
+    """(batch-wide L_gen, this rank's question ids [Q'], the rows of each) of the varying groups `kept`."""
+    stats = all_reduce_(torch.tensor([len(kept), kept.response_mask.sum().item()], dtype=torch.float64))
+    qids = torch.unique(kept.group_ids, sorted=True)
+    return stats[1].item() / max(stats[0].item(), 1.0), qids, [(kept.group_ids == q).nonzero().squeeze(-1) for q in qids]
+
+
+def _loop_scalars(model, optimizer, m, kept, rows_list, local_index, mode, l_gen, temperature, tis_cap, max_tokens):
+    """question_by_backward for every rank's listed questions (every rank joins each one's backward);
+    yields (local index, <u_q, m>, ||u_q||^2) for this rank's own."""
+    rank = rank_world()[0]
+    mine = [(rank, j, kept.select(rows)) for j, rows in zip(local_index, rows_list)]
+    for owner, j, rows in [x for part in gather(mine) for x in part]:
+        part = question_by_backward(model, optimizer, m, rows, mode, l_gen, temperature, tis_cap, max_tokens)
+        if owner == rank:
+            yield j, part[0], part[1]
+
+
+def _fill(scores, uniq, qids, dot, norm2, m, mode):
+    """scores[q] from the two scalars; the only cross-rank quantity needed is ||m||^2 (sum of shards)."""
+    m_norm2 = sum(local(g).double().pow(2).sum() for g in m.values()).reshape(1)
+    m_norm = (all_reduce_(m_norm2) if sharded(m.values()) else m_norm2).sqrt().item()
+    s = dot if mode in ("dot", "preconditioned_dot") else dot / (norm2.sqrt().clamp(min=1e-12) * max(m_norm, 1e-12))
+    scores[torch.searchsorted(uniq, qids)] = s.to(scores.dtype)
+    return scores
+
+
+def _backward_rows(model, rows, adv, scale: float, temperature, tis_cap, max_tokens: int) -> None:
+    """Accumulate scale * d/dtheta pg_surrogate(rows) into .grad in micro-batches under the token budget;
+    every rank runs the same number of passes (zero-weight ones where it has fewer): FSDP2 stays in step."""
+    device = next(model.parameters()).device
+    batches = row_batches(_widths(rows).tolist(), max_tokens)
+    for s in range(max_over_ranks(len(batches))):
+        idx, weight = (batches[s], 1.0) if s < len(batches) else ([0], 0.0)
+        if len(rows) == 0:
+            raise RuntimeError("influence: a rank with no rows cannot join a distributed backward")
+        part = rows.select(torch.tensor(idx))                       # trimmed to its widest row
+        row_scale = torch.full((len(idx),), scale * weight, dtype=torch.float64)
+        pg_surrogate(model, part.to(device), adv[idx].to(device), temperature, tis_cap, row_scale.to(device)).backward()
 
 
 def row_batches(widths: list[int], max_tokens: float, max_items: int | None = None) -> list[list[int]]:
-    """Consecutive items (rows, or question groups) in batches whose padded size (items x widest item)
-    stays <= max_tokens and that hold at most max_items; an item wider than the budget gets a batch of
-    its own. This bounds every forward's activations."""
+    """Consecutive items (rows, or questions) in batches whose padded size (items x widest item) stays
+    <= max_tokens, of at most max_items; an item wider than the budget gets a batch of its own."""
     out, cur, cur_w = [], [], 0
     for i, w in enumerate(widths):
         nw = max(cur_w, w)
@@ -178,25 +225,20 @@ def row_batches(widths: list[int], max_tokens: float, max_items: int | None = No
     return out
 
 
-def _max_over_ranks(n: int) -> int:
-    return int(_all_reduce(torch.tensor([n]), dist.ReduceOp.MAX if _world() > 1 else None).item())
+def _kept(rollouts):
+    """Rollouts of groups whose rewards vary (zero-variance groups carry no gradient)."""
+    return rollouts.select(varying_groups(rollouts.rewards, rollouts.group_ids))
 
 
-def _backward_rows(model, rows, adv, scale: float, temperature, tis_cap, max_tokens: int) -> None:
-    """Accumulate scale * d/dtheta pg_surrogate(rows) into .grad, micro-batch by micro-batch under the token
-    budget; every rank runs the same number of passes (zero-weight passes on one row where it has fewer),
-    so that FSDP2's collectives stay in step."""
-    device = _device(model)
-    widths = _widths(rows).tolist()
-    batches = row_batches(widths, max_tokens)
-    for s in range(_max_over_ranks(len(batches))):
-        idx, weight = (batches[s], 1.0) if s < len(batches) else ([0], 0.0)
-        if len(rows) == 0:
-            raise RuntimeError("influence: a rank with no rows cannot join a distributed backward")
-        part = rows.select(torch.tensor(idx))                       # trimmed to its widest row
-        row_scale = torch.full((len(idx),), scale * weight, dtype=torch.float64)
-        pg_surrogate(model, part.to(device), adv[idx].to(device), temperature, tis_cap,
-                     row_scale.to(device)).backward()
+def _widths(rollouts) -> torch.Tensor:
+    """[N] attended tokens of each right-padded row (its width once `select` trims it)."""
+    return rollouts.attention_mask.sum(-1).clamp(min=1)
+
+
+def filler() -> Rollouts:
+    """One all-padding row: what a rank without rows feeds to a collective forward/backward."""
+    z = torch.zeros(1, 2, dtype=torch.long)
+    return Rollouts(z, torch.ones_like(z), torch.zeros(1, 2), torch.tensor([-1]), torch.zeros(1), None)
 
 
 @contextmanager
@@ -214,8 +256,7 @@ def _saved_grads(params):
 
 @contextmanager
 def _train_mode(model):
-    """Training-mode forwards (activation checkpointing, where enabled, applies only in train mode;
-    the models here have no dropout, so the numbers are those of eval mode)."""
+    """Training-mode forwards (activation checkpointing applies only in train mode; no dropout here)."""
     was = model.training
     model.train()
     try:
@@ -224,54 +265,90 @@ def _train_mode(model):
         model.train(was)
 
 
-def dev_gradient(model, dev, temperature: float = 0.7, tis_cap: float = 2.0,
-                 max_tokens: int = 32768) -> dict[str, torch.Tensor] | None:
-    """m = G(R_dev) as {param name: fp32 tensor (the local shard under FSDP2)}, or None when no dev group
-    (on any rank) has reward variance. Advantages are formed over whole groups before the rows are cut
-    into micro-batches of at most `max_tokens` padded tokens. Parameter .grad is restored afterwards."""
-    dev = _kept(dev)
-    counts = _all_reduce(torch.tensor([len(dev), dev.response_mask.sum().item()], dtype=torch.float64))
-    n_rows, n_tokens = counts.tolist()
-    if n_rows == 0:
-        return None
-    params = dict(model.named_parameters())
-    sharded = any(hasattr(p, "full_tensor") for p in params.values())
-    # FSDP2 averages gradients over ranks; scale by the world size so that m is the sum over all rows
-    scale = (_world() if sharded else 1) / (n_rows * (n_tokens / n_rows))
-    adv = group_advantages(dev.rewards.double(), dev.group_ids, "none")                     # [N] whole groups
-    if len(dev) == 0:                     # this rank has no signal rows: it joins with zero-weight passes
-        dev, adv = _filler(model), torch.zeros(1, dtype=torch.float64)
-        scale = 0.0
-    with _saved_grads(list(params.values())), _train_mode(model):
-        _backward_rows(model, dev, adv, scale, temperature, tis_cap, max_tokens)
-        m = {n: p.grad.detach().to(acc_dtype(p.dtype)).clone() if p.grad is not None
-             else torch.zeros_like(p, dtype=acc_dtype(p.dtype)) for n, p in params.items()}
-    if not sharded and _world() > 1:      # replicated model: sum the ranks' gradients explicitly
-        for g in m.values():
-            _all_reduce(g)
-    return m
-
-
-def _filler(model):
-    """One all-padding row: what a rank without rows feeds to a collective forward/backward."""
-    from rollout import Rollouts
-    z = torch.zeros(1, 2, dtype=torch.long)
-    return Rollouts(z, torch.ones_like(z), torch.zeros(1, 2), torch.tensor([-1]), torch.zeros(1), None)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 # ----------------------------------------------------------------------------------------------
-# Per-question gradients, block by block, inside one backward pass
+# 2. The fast exact version: per-question gradients, block by block, inside one backward pass
+
+def influence_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_cosine",
+                     temperature: float = 0.7, tis_cap: float = 2.0, chunk_questions: int = 16,
+                     max_tokens: int = 32768) -> torch.Tensor:
+    """One score per group of `gen` (ascending group id). dev, gen: the solver's Rollouts (this rank's share,
+    whole groups) with rewards in {0, 1}; optimizer: its live AdamW (read, never changed). Zero-variance gen
+    groups score 0; all 0 when no dev group has reward variance. Parameters, .grad, optimizer state are
+    left as they were. Memory: each forward <= max_tokens padded tokens; the hook path holds one module's
+    [Qc, *param] block (Qc <= chunk_questions) with its gathered m and exp_avg_sq; a question too large for
+    one forward is scored by the plain loop (question_by_backward)."""
+    scores, uniq, m = _setup(model, dev, mode, temperature, tis_cap, max_tokens, gen)
+    if m is None:
+        return scores
+    with _train_mode(model):
+        qids, dot, norm2 = question_scalars(model, optimizer, m, _kept(gen), mode, temperature, tis_cap,
+                                            chunk_questions, max_tokens)
+    return _fill(scores, uniq, qids, dot, norm2, m, mode)
+
+
+def question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chunk_questions, max_tokens):
+    """(question ids [Q'] of this rank, <u_q, m> [Q'], ||u_q||^2 [Q']) for the varying groups `kept`."""
+    device = next(model.parameters()).device
+    l_gen, qids, rows_of = _questions(kept)
+    widths = _widths(kept)
+    g_max = max_over_ranks(max((len(r) for r in rows_of), default=1))
+    # pack whole questions into forwards of <= max_tokens padded tokens and <= chunk_questions questions
+    q_width = [int(widths[rows].max()) for rows in rows_of]       # a question's forward: g_max x its width
+    split = [j for j, w in enumerate(q_width) if g_max * w > max_tokens]
+    fit = [j for j, w in enumerate(q_width) if g_max * w <= max_tokens]
+    chunks = [[fit[k] for k in b] for b in row_batches([q_width[j] for j in fit], max_tokens / g_max, chunk_questions)]
+    dot, norm2 = torch.zeros(len(qids), dtype=torch.float64), torch.zeros(len(qids), dtype=torch.float64)
+    for c in range(max_over_ranks(len(chunks))):
+        chunk = chunks[c] if c < len(chunks) else []
+        batch, row_scale, qc = _chunk_batch(kept, [rows_of[j] for j in chunk], g_max, l_gen)
+        blocks = _Blocks(model, optimizer, m, mode, qc, g_max)
+        adv = group_advantages(batch.rewards.double(), batch.group_ids, "none")
+        with blocks:
+            loss = pg_surrogate(model, batch.to(device), adv.to(device), temperature, tis_cap, row_scale.to(device))
+            if not blocks.embed_outputs:
+                raise RuntimeError("influence: no embedding output was seen in the forward pass")
+            torch.autograd.grad(loss, blocks.embed_outputs, allow_unused=True)
+        for k, j in enumerate(chunk):
+            dot[j], norm2[j] = blocks.dot[k], blocks.norm2[k]
+    for j, d, n in _loop_scalars(model, optimizer, m, kept, [rows_of[j] for j in split], split, mode, l_gen,
+                                 temperature, tis_cap, max_tokens):
+        dot[j], norm2[j] = d, n
+    return qids, dot, norm2
+
+
+def _chunk_batch(kept, rows_list, g_max, l_gen):
+    """(Rollouts of the chunk's questions, question-major, each padded to g_max rows with all-padding dummy
+    rows, trimmed to the widest row; row_scale [Qc*g_max] = 1 / (n_q L_gen), 0 for dummies; Qc)."""
+    qc = max(len(rows_list), 1)
+    rows, scale = [], []
+    for idx in rows_list:
+        n_q = len(idx)
+        rows += idx.tolist() + [-1] * (g_max - n_q)
+        scale += [1.0 / (n_q * l_gen)] * n_q + [0.0] * (g_max - n_q)
+    if not rows_list:                              # this rank has no more questions: one dummy question
+        rows, scale = [-1] * g_max, [0.0] * g_max
+    idx = torch.tensor(rows)
+    real = idx >= 0
+    t = int(_widths(kept)[idx[real]].max()) if real.any() else 2
+    safe = idx.clamp(min=0)
+    if len(kept):
+        pick = lambda x: None if x is None else (x[safe][:, :t] * real.view(-1, 1).to(x.dtype))
+        ids, am, rm, slp = pick(kept.input_ids), pick(kept.attention_mask), pick(kept.response_mask), \
+            pick(kept.sampler_logprobs)
+        rewards = kept.rewards[safe] * real
+    else:
+        ids, am = torch.zeros(len(rows), t, dtype=torch.long), torch.zeros(len(rows), t, dtype=torch.long)
+        rm, slp, rewards = torch.zeros(len(rows), t), None, torch.zeros(len(rows))
+    am[~real, 0] = 1                               # one visible token keeps attention well defined
+    gids = torch.repeat_interleave(torch.arange(qc), g_max)
+    # dummy rows get their own group ids so they never shift a real group's mean reward
+    gids = torch.where(real, gids, -1 - torch.arange(len(rows)))
+    return type(kept)(ids, am, rm, gids, rewards, slp), torch.tensor(scale, dtype=torch.float64), qc
+
 
 class _Blocks:
-    """Owns the per-module hooks of one chunk and reduces each per-question gradient block to scalars.
-
-    rows of the chunk are laid out question-major: Qc questions x G rows (dummy rows pad short groups),
-    so any per-row tensor [Qc*G, ...] reshapes to [Qc, G*...] without a copy.
-    """
+    """The per-module hooks of one chunk; reduces each per-question gradient block to two scalars. Rows are
+    question-major (Qc questions x G rows, dummies pad short groups): [Qc*G, ...] reshapes to [Qc, G*...]."""
 
     def __init__(self, model, optimizer, m, mode, qc, g):
         self.model, self.optimizer, self.m, self.mode, self.qc, self.g = model, optimizer, m, mode, qc, g
@@ -311,9 +388,8 @@ class _Blocks:
             h.remove()
 
     def _forward_hook(self, mod, inputs, output):
-        """Route the module's output through _Tap, which saves the input x for the backward. Saved
-        tensors are what activation checkpointing discards and recomputes, so the tap sees the right x
-        with checkpointing on or off (and holds no extra memory: the module saves the same x itself)."""
+        """Route the output through _Tap, which saves the input x (a saved tensor: activation checkpointing
+        recomputes it, and the module saves the same x itself, so it costs no memory)."""
         if not output.requires_grad:
             return None
         tapped = _Tap.apply(output, inputs[0], self, mod)
@@ -374,16 +450,14 @@ class _Blocks:
             self.pending[name] = (acc, seen + 1)
 
     def _reduce(self, name, g):
-        """Scalars <u_q, m> and ||u_q||^2 for u_q = gamma_q (preconditioned modes) or g_q.
-
-        g [Qc, *P]. This is the only O(Q x P) elementwise work, so it is written in place: a few passes
-        over one [Qc, *P] block, then a matrix-vector product for the dots and one norm pass."""
+        """<u_q, m> and ||u_q||^2 for u_q = gamma_q (preconditioned modes) or g_q, g [Qc, *P]: the only
+        O(Q x P) elementwise work, so in place, then a matrix-vector product and one norm pass."""
         p = self.params[name]
-        m = _full(self.m[name]).to(device=g.device, dtype=g.dtype).reshape(-1)          # [P]
+        m = full(self.m[name]).to(device=g.device, dtype=g.dtype).reshape(-1)          # [P]
         pre = self.mode.startswith("preconditioned")
         v, step, beta2, eps = adamw_state(self.optimizer, p) if pre else (None, 0, 0.0, 0.0)
         if v is not None:
-            v = _full(v).to(device=g.device, dtype=g.dtype).reshape(-1)                 # [P]
+            v = full(v).to(device=g.device, dtype=g.dtype).reshape(-1)                 # [P]
         g = g.reshape(self.qc, -1)                                                        # [Qc, P]
         cols = max(1, TEMP_ELEMENTS // self.qc)      # columns per slice: the preconditioner's temporary
         for s in range(0, g.shape[1], cols):        # (one slice for all but the largest modules)
@@ -396,8 +470,7 @@ class _Blocks:
 
 class _Tap(torch.autograd.Function):
     """Identity on a module's output whose backward hands (saved input x, output gradient delta) to
-    _Blocks._on_grad. x is a saved tensor, so under non-reentrant activation checkpointing it is the
-    recomputed input of the checkpointed layer's recomputation."""
+    _Blocks._on_grad."""
 
     @staticmethod
     def forward(ctx, out, x, blocks, mod):
@@ -441,151 +514,3 @@ def _affine_slope(mod, x):
     one = functional_call(mod, {"weight": torch.ones_like(w), **extra}, (x,))
     zero = functional_call(mod, {"weight": torch.zeros_like(w), **extra}, (x,))
     return one - zero
-
-
-# ----------------------------------------------------------------------------------------------
-# The score
-
-def influence_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_cosine",
-                     temperature: float = 0.7, tis_cap: float = 2.0, chunk_questions: int = 16,
-                     max_tokens: int = 32768) -> torch.Tensor:
-    """One influence score per group of `gen` (ascending group id), spec §4.
-
-    dev, gen: Rollouts of the solver (this rank's share, whole groups: a question's rollouts on one rank)
-    with rewards in {0, 1} (None already mapped to 0). optimizer: the solver's live AdamW (its exp_avg_sq,
-    step, beta2 and eps are read, never changed). Zero-variance gen groups score 0; all scores are 0 when no
-    dev group has reward variance. Parameters, their .grad and the optimizer state are left as they were.
-
-    What bounds memory: every forward holds at most `max_tokens` padded tokens (rows x widest row), so
-    activations (with activation checkpointing, where the model has it on: the checkpointed layer inputs
-    plus one layer's recomputation) are bounded by the budget, not by a question's size; and the hook
-    path holds one module's per-question block [Qc, *param] (Qc <= chunk_questions) plus that module's
-    gathered m and exp_avg_sq. A question whose padded rollouts exceed the budget is scored by the
-    paper's loop instead (_split_question_scores): its rows are spread over the ranks and micro-batched
-    under the same budget, its gradient accumulates in the (sharded) .grad, and two scalars are reduced.
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown influence mode {mode!r}; choose one of {MODES}")
-    uniq = torch.unique(gen.group_ids, sorted=True)                                      # [Q]
-    scores = torch.zeros(len(uniq), dtype=acc_dtype(next(model.parameters()).dtype))
-    m = dev_gradient(model, dev, temperature, tis_cap, max_tokens)
-    if m is None:
-        return scores
-    with _train_mode(model):
-        qids, dot, norm2 = _question_scalars(model, optimizer, m, _kept(gen), mode, temperature, tis_cap,
-                                             chunk_questions, max_tokens)
-    # the only cross-rank quantity the score needs is ||m||^2 (sum of the shards' squares)
-    m_norm2 = sum(_local(g).double().pow(2).sum() for g in m.values()).reshape(1)
-    m_norm = _all_reduce(m_norm2).sqrt().item() if any(hasattr(g, "full_tensor") for g in m.values()) \
-        else m_norm2.sqrt().item()
-    if mode in ("dot", "preconditioned_dot"):
-        s = dot
-    else:
-        s = dot / (norm2.sqrt().clamp(min=1e-12) * max(m_norm, 1e-12))
-    scores[torch.searchsorted(uniq, qids)] = s.to(scores.dtype)
-    return scores
-
-
-def _question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chunk_questions, max_tokens):
-    """(question ids [Q'] of this rank, <u_q, m> [Q'], ||u_q||^2 [Q']) for the varying groups `kept`."""
-    device = _device(model)
-    stats = _all_reduce(torch.tensor([len(kept), kept.response_mask.sum().item()], dtype=torch.float64))
-    l_gen = stats[1].item() / max(stats[0].item(), 1.0)                                  # batch-wide L_gen
-    qids = torch.unique(kept.group_ids, sorted=True)                                     # [Q'] local
-    rows_of = [(kept.group_ids == q).nonzero().squeeze(-1) for q in qids]
-    sizes = torch.tensor([len(r) for r in rows_of], dtype=torch.long)
-    widths = _widths(kept)
-    g_max = _max_over_ranks(int(sizes.max()) if len(sizes) else 1)
-    # pack whole questions into forwards of <= max_tokens padded tokens and <= chunk_questions questions
-    q_width = [int(widths[rows].max()) for rows in rows_of]       # a question's forward: g_max x its width
-    split = [j for j, w in enumerate(q_width) if g_max * w > max_tokens]
-    fit = [j for j, w in enumerate(q_width) if g_max * w <= max_tokens]
-    chunks = [[fit[k] for k in b] for b in row_batches([q_width[j] for j in fit], max_tokens / g_max, chunk_questions)]
-
-    dot, norm2 = [torch.zeros((), dtype=torch.float64)] * len(qids), [torch.zeros((), dtype=torch.float64)] * len(qids)
-    for c in range(_max_over_ranks(len(chunks))):
-        chunk = chunks[c] if c < len(chunks) else []
-        batch, row_scale, qc = _chunk_batch(kept, [rows_of[j] for j in chunk], g_max, l_gen)
-        blocks = _Blocks(model, optimizer, m, mode, qc, g_max)
-        adv = group_advantages(batch.rewards.double(), batch.group_ids, "none")
-        with blocks:
-            loss = pg_surrogate(model, batch.to(device), adv.to(device), temperature, tis_cap, row_scale.to(device))
-            if not blocks.embed_outputs:
-                raise RuntimeError("influence: no embedding output was seen in the forward pass")
-            torch.autograd.grad(loss, blocks.embed_outputs, allow_unused=True)
-        for k, j in enumerate(chunk):
-            dot[j], norm2[j] = blocks.dot[k], blocks.norm2[k]
-    for j, d, n in _split_question_scores(model, optimizer, m, kept, [rows_of[j] for j in split], split, mode,
-                                          l_gen, temperature, tis_cap, max_tokens):
-        dot[j], norm2[j] = d, n
-    stack = lambda xs: torch.stack(xs) if xs else torch.zeros(0, dtype=torch.float64)
-    return qids, stack(dot), stack(norm2)
-
-
-def _split_question_scores(model, optimizer, m, kept, rows_list, local_index, mode, l_gen, temperature,
-                           tis_cap, max_tokens):
-    """The paper's per-question loop for questions too large for one forward: every rank takes its share of
-    the question's rows (all ranks see every such question), backward accumulates g_q into .grad (FSDP2
-    reduce-scatters it into shards), and each rank reduces its shard against its shards of m and
-    exp_avg_sq. Yields (local index, <u_q, m>, ||u_q||^2) for this rank's own split questions."""
-    rank, world = (dist.get_rank(), _world()) if _world() > 1 else (0, 1)
-    params = dict(model.named_parameters())
-    sharded = any(hasattr(p, "full_tensor") for p in params.values())
-    mine = [(rank, j, kept.select(rows)) for j, rows in zip(local_index, rows_list)]
-    every = [x for part in _gather(mine) for x in part]           # [(owner rank, local index, Rollouts)]
-    for owner, j, rows in every:
-        n_q = len(rows)
-        share = rows.select(torch.arange(rank, n_q, world)) if rank < n_q else None
-        adv = group_advantages(rows.rewards.double(), rows.group_ids, "none")[rank::world]   # whole group
-        scale = (world if sharded else 1) / (n_q * l_gen)
-        if share is None or len(share) == 0:     # fewer rows than ranks: this rank only keeps FSDP in step
-            share, adv, scale = _filler(model), torch.zeros(1, dtype=torch.float64), 0.0
-        with _saved_grads(list(params.values())):
-            _backward_rows(model, share, adv, scale, temperature, tis_cap, max_tokens)
-            part = torch.zeros(2, dtype=torch.float64)
-            for name, p in params.items():
-                g = p.grad
-                if g is None:
-                    continue
-                g = _local(g).detach().to(acc_dtype(p.dtype))
-                if not sharded and world > 1:
-                    g = _all_reduce(g.clone())
-                if mode.startswith("preconditioned"):
-                    v, step, beta2, eps = adamw_state(optimizer, p)
-                    g = precondition(g, None if v is None else _local(v), step, beta2, eps)
-                part = part + torch.stack([(g * _local(m[name]).to(g.dtype)).sum(), g.pow(2).sum()]).double().cpu()
-        if sharded:
-            part = _all_reduce(part)
-        if owner == rank:
-            yield j, part[0], part[1]
-
-
-def _chunk_batch(kept, rows_list, g_max, l_gen):
-    """Rows of the chunk's questions, question-major, each question padded to g_max rows with dummy
-    (all-padding, zero-mask) rows; row_scale = 1 / (n_q * L_gen) for real rows, 0 for dummies. Returns
-    (Rollouts trimmed to the chunk's widest row, row_scale [Qc*g_max], Qc)."""
-    qc = max(len(rows_list), 1)
-    rows, scale = [], []
-    for idx in rows_list:
-        n_q = len(idx)
-        rows += idx.tolist() + [-1] * (g_max - n_q)
-        scale += [1.0 / (n_q * l_gen)] * n_q + [0.0] * (g_max - n_q)
-    if not rows_list:                              # this rank has no more questions: one dummy question
-        rows, scale = [-1] * g_max, [0.0] * g_max
-    idx = torch.tensor(rows)
-    real = idx >= 0
-    t = int(_widths(kept)[idx[real]].max()) if real.any() else 2
-    safe = idx.clamp(min=0)
-    if len(kept):
-        pick = lambda x: None if x is None else (x[safe][:, :t] * real.view(-1, 1).to(x.dtype))
-        ids, am, rm, slp = pick(kept.input_ids), pick(kept.attention_mask), pick(kept.response_mask), \
-            pick(kept.sampler_logprobs)
-        rewards = kept.rewards[safe] * real
-    else:
-        ids, am = torch.zeros(len(rows), t, dtype=torch.long), torch.zeros(len(rows), t, dtype=torch.long)
-        rm, slp, rewards = torch.zeros(len(rows), t), None, torch.zeros(len(rows))
-    am[~real, 0] = 1                               # one visible token keeps attention well defined
-    gids = torch.repeat_interleave(torch.arange(qc), g_max)
-    # dummy rows get their own group ids so they never shift a real group's mean reward
-    gids = torch.where(real, gids, -1 - torch.arange(len(rows)))
-    return type(kept)(ids, am, rm, gids, rewards, slp), torch.tensor(scale, dtype=torch.float64), qc

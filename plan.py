@@ -10,7 +10,7 @@ at the preset's worst-case lengths (every row max_prompt_tokens + max_new_tokens
 
   rollout            both roles resident (weights, AdamW states) + vLLM awake (its memory share)
   dev gradient       influence.dev_gradient on two full micro-batches of `influence_tokens` tokens
-  influence          influence._question_scalars: the hook path (chunk_questions questions per forward) if a
+  influence          influence.question_scalars: the hook path (chunk_questions questions per forward) if a
                      question fits the budget, else the per-question backward on sharded gradients
   solver step        infuser.micro_step on micro_batch rows, grad clip, AdamW step
   generator step     the same for the generator
@@ -358,7 +358,7 @@ def run_phases(cfg, world: int, only: str | None = None, planner: Planner | None
 
         def infl_phase(model, opt, gen=gen):
             with influence._train_mode(model):
-                influence._question_scalars(model, opt, m, gen, cfg.similarity_mode, cfg.temperature,
+                influence.question_scalars(model, opt, m, gen, cfg.similarity_mode, cfg.temperature,
                                             cfg.tis_cap, cfg.influence_chunk, cfg.influence_tokens)
         if want(name):
             out[name] = pl.phase("solver", infl_phase, held=list(m.values()))

@@ -26,7 +26,7 @@ The anchor
   A Qwen3ForCausalLM (4 layers, hidden 128, head_dim 32, untied embeddings: servable by vLLM) pretrained
   once, deterministically, on text rendered in both roles' REAL prompt formats: generator input =
   render_prompt(tok, infuser.generator_messages(doc)), target = the JSON question; solver input =
-  render_prompt(tok, evaluate.solver_messages(question, choices)), target = "14 + 5 = 19. 19 - 3 = 16.
+  render_prompt(tok, grading.solver_messages(question, choices)), target = "14 + 5 = 19. 19 - 3 = 16.
   \\boxed{B}". The mixtures of good and bad behaviour above are in that text (GENERATOR_MODES, SOLVER_MODES),
   so the anchor's behaviour is a mixture the RL updates can shift. Both roles start from this one anchor.
   The tokenizer (ChatML template; EOS = <|im_end|>) turns every fixed span of the two prompts into ONE
@@ -375,7 +375,7 @@ def pretraining_example(rng: random.Random, exclude: set[str], role: str | None 
                         opening: dict | None = None) -> tuple[list[dict], str]:
     """One (chat messages, assistant response) pair for `role` ("generator" or "solver"; None: either, at
     random). Questions in `exclude` (the dev and test sets) never appear."""
-    from evaluate import solver_messages
+    from grading import solver_messages
     from infuser import generator_messages
     if role == "generator" or (role is None and rng.random() < 0.5):
         f = random_farmer(rng)
@@ -410,7 +410,7 @@ def _render(messages: list[dict]) -> str:
 def prompt_spans() -> list[str]:
     """Every fixed span of the two roles' prompts (the text between documents, questions, choices and the
     chat template's special tokens), read from infuser.py and evaluate.py; sorted."""
-    from evaluate import solver_messages
+    from grading import solver_messages
     from infuser import generator_messages
     hole = "\x00"                                            # stands for the variable text
     texts = [_render(generator_messages(hole))]
@@ -592,7 +592,7 @@ def anchor_report(model, tokenizer, world: World | None = None, n_docs: int = 12
     All sampled with rollout.HFEngine at temperature 0.7, through the real prompts; plus token lengths
     and sampling throughput."""
     from collections import Counter
-    from evaluate import grade, solver_messages
+    from grading import grade, solver_messages
     from infuser import generator_messages, parse_question
     from rollout import HFEngine, SamplingParams
     world = world or build_world()

@@ -52,10 +52,8 @@ and influence forward), influence_chunk (questions per hook-path forward), vllm_
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -69,6 +67,7 @@ import torch
 import torch.distributed as dist
 
 import infuser
+from dist import all_sum, gather, print0, rank_world
 from evaluate import LETTERS, Item, evaluate, load_benchmark
 from rollout import HFEngine, SamplingParams, byte_tokenizer, load_model, set_activation_checkpointing, tiny_qwen3
 
@@ -301,11 +300,6 @@ def setup_distributed(cfg: Config):
     return rank, world, device
 
 
-def print0(*a, **k):
-    if infuser.rank_world()[0] == 0:
-        print(*a, **k, flush=True)
-
-
 # ----------------------------------------------------------------------------------------------
 # Models and data
 
@@ -428,7 +422,7 @@ def prepare_model(model, cfg: Config, device, mesh=None) -> None:
         model.to(device)
     if cfg.activation_checkpointing:
         set_activation_checkpointing(model, True)
-    if infuser.rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.compute_dtype), reduce_dtype=torch.float32)
         for layer in model.model.layers:
@@ -451,13 +445,13 @@ def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) ->
                                         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                                         max_model_len=cfg.max_prompt_tokens + max(cfg.gen_max_new_tokens,
                                                                                   cfg.solver_max_new_tokens),
-                                        **VLLMEngine.torchrun_args(infuser.rank_world()[1]))
+                                        **VLLMEngine.torchrun_args(rank_world()[1]))
         engine = shared["vllm"]
         sync = lambda: engine.sync_weights(model)          # one engine, both roles: always push this role
     else:
         # HFEngine samples the training model itself (under FSDP2 it gathers the full weights per call)
         engine = HFEngine(model, tok, cfg.max_tokens_per_batch,
-                          progress=cfg.progress and infuser.rank_world()[0] == 0)
+                          progress=cfg.progress and rank_world()[0] == 0)
         sync = None
     return infuser.Role(name, model, opt, engine, tok, sync)
 
@@ -536,7 +530,7 @@ def save_checkpoint(cfg: Config, it: int, roles: dict, stream: infuser.DocumentS
     """Write out_dir/ckpt_XXXXX atomically (a temporary directory renamed into place); keep the last K.
     Collective under torchrun: every rank calls it."""
     import torch.distributed.checkpoint as dcp
-    rank, world = infuser.rank_world()
+    rank, world = rank_world()
     out = Path(cfg.out_dir)
     final, tmp = out / f"ckpt_{it:05d}", out / f".tmp_ckpt_{it:05d}"
     if rank == 0:
@@ -656,7 +650,7 @@ def load_checkpoint(path: Path, roles: dict, stream: infuser.DocumentStream, sta
     """Every rank reads its own shards of both models and optimizers, and its own RNG."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-    rank = infuser.rank_world()[0]
+    rank = rank_world()[0]
     with_optim = state.get("optim_saved", dict.fromkeys(roles, True))
     target = _dcp_state(roles, with_optim)
     try:
@@ -683,7 +677,7 @@ class Logger:
     """Rank-0 console one-liners, metrics.jsonl always, questions.jsonl, wandb only when asked."""
 
     def __init__(self, cfg: Config):
-        self.rank = infuser.rank_world()[0]
+        self.rank = rank_world()[0]
         self.dir = Path(cfg.out_dir)
         self.wb = None
         if self.rank == 0:
@@ -725,7 +719,7 @@ class Logger:
               + (f" | {m['note']}" if m.get("note") else ""), flush=True)
 
     def questions(self, records: list[dict]):
-        rows = [r for part in infuser.gather_objects(records) for r in part]
+        rows = [r for part in gather(records) for r in part]
         if self.rank == 0:
             with open(self.dir / "questions.jsonl", "a") as f:
                 for r in rows:
@@ -782,7 +776,7 @@ def test_accuracy(cfg: Config, role: infuser.Role, items: list[Item], tag: str) 
     """avg@k of the solver on held-out target questions (each rank its share, summed)."""
     if not items:
         return None
-    rank, world = infuser.rank_world()
+    rank, world = rank_world()
     mine = items[rank::world]
     if role.sync is not None:
         role.sync()
@@ -791,7 +785,7 @@ def test_accuracy(cfg: Config, role: infuser.Role, items: list[Item], tag: str) 
     rep = evaluate(role.engine, mine, params, batch_size=64, progress=False)
     ok = sum(g == 1.0 for r in rep["items"] for g in r["grades"])
     n = sum(len(r["grades"]) for r in rep["items"])
-    ok, n = infuser.all_sum([ok, n])
+    ok, n = all_sum([ok, n])
     return ok / max(n, 1)
 
 
@@ -904,14 +898,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     for it in range(start, cfg.iterations):
         batch = stream.next_batch(cfg.doc_batch_size) if documents else []
-        docs = [dict(d, gidx=j) for j, d in enumerate(batch)][rank::world]
-        dev = [dataclasses.replace(x) for x in dev_items]
-        for j, x in enumerate(dev):
-            x.gidx = j
         with amp:
-            m = infuser.run_iteration(cfg, it, generator, solver, docs, dev[rank::world],
-                                      external_questions=None if external is None else
-                                      [q for q in external.get(it, [])][rank::world],
+            m = infuser.run_iteration(cfg, it, generator, solver, batch, dev_items,
+                                      external_questions=None if external is None else external.get(it, []),
                                       log_questions=log.questions)
         if test_items and cfg.test_every and (it + 1) % cfg.test_every == 0 and it < cfg.iterations - 1:
             m["test_acc"] = test_accuracy(cfg, solver, test_items, "test")

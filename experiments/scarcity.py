@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
-from ablations import VARIANTS, _ms, _read_jsonl, question_kinds  # noqa: E402
+from ablations import VARIANTS, _ms, _read_jsonl, question_kinds, trained_mix  # noqa: E402
 
 LEVELS = {"today": (None, ROOT / "assets" / "toy_anchor"),
           "scarce": (0.20, ROOT / "assets" / "toy_anchor_s20"),
@@ -135,6 +135,48 @@ def report(levels, seeds, out: Path) -> dict:
     return res
 
 
+def why(level: str, names, seeds, out: Path) -> dict:
+    """The P1 analysis: per variant, over all iterations and seeds, the generator's reward (for INFUSER
+    its influence score) by question kind -- on target with the right key, on target with a wrong key,
+    valid but off target (look-ups) -- and what the solver trained on (trained_mix: the valid questions
+    whose answers had reward variance). Does the reward rank the useful questions first, and how many are
+    there to rank?"""
+    import toy
+    rows = {}
+    for name in names:
+        by_kind, counts, mixes = {"right_key": [], "wrong_key": [], "off_target": []}, [0, 0, 0], []
+        for s in seeds:
+            q = _read_jsonl(out / level / name / f"seed{s}" / "questions.jsonl")
+            for r in q:
+                if r["status"] != "valid":
+                    continue
+                k = toy.classify_question(r["question"], r["choices"], r["ground_truth"])
+                kind = "off_target" if not k["on_target"] else ("right_key" if k["key_correct"] else "wrong_key")
+                counts[list(by_kind).index(kind)] += 1
+                if r.get("reward") is not None:
+                    by_kind[kind].append(r["reward"])
+            if q:
+                mixes.append(trained_mix(q))
+        mean = lambda xs: statistics.mean(xs) if xs else None
+        rows[name] = {"valid": dict(zip(by_kind, counts)),
+                      "mean_reward": {k: mean(v) for k, v in by_kind.items()},
+                      "trained_on": {k: mean([m[k] for m in mixes]) for k in ("groups", "correct_key", "wrong_key", "off_target")}}
+    return rows
+
+
+def why_markdown(level: str, rows: dict) -> str:
+    f = lambda x, d=4: "-" if x is None else f"{x:+.{d}f}"
+    out = [f"## Why P1 failed: rewards by question kind ({level}, all iterations, seeds pooled)", "",
+           "| variant | valid drafts: right key / wrong key / off target | mean reward: right key | wrong key "
+           "| off target | solver trained on (groups/run; right / wrong / off) |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        v, m, t = r["valid"], r["mean_reward"], r["trained_on"]
+        out.append(f"| {name} | {v['right_key']} / {v['wrong_key']} / {v['off_target']} | {f(m['right_key'])} "
+                   f"| {f(m['wrong_key'])} | {f(m['off_target'])} | {t['groups'] or 0:.0f}; "
+                   f"{t['correct_key'] or 0:.2f} / {t['wrong_key'] or 0:.2f} / {t['off_target'] or 0:.2f} |")
+    return "\n".join(out) + "\n"
+
+
 def verdicts(res: dict) -> dict:
     """Each preregistered prediction held / failed / open (a level or a run missing)."""
     lv = res["levels"]
@@ -190,10 +232,14 @@ def main(argv=None):
             ensure_anchor(level)
         sweep(list(runs_of(levels, set(filter(None, a.only.split(","))), a.seeds)), out, a.jobs)
     res = report(levels, a.seeds, out)
+    text = markdown(res)
+    for level in levels:                            # the P1 analysis, per level
+        res["levels"][level]["why"] = why(level, list(res["levels"][level]["variants"]), a.seeds, out)
+        text += "\n" + why_markdown(level, res["levels"][level]["why"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
-    (out / "results.md").write_text(markdown(res))
-    print(markdown(res))
+    (out / "results.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

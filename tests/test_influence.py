@@ -85,6 +85,17 @@ def test_scores_match_per_question_loop(mode, tied, warm, sampler, dtype):
     assert rel_err(fast, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("mode", influence.MODES)
+def test_plain_definition_matches_independent_loop_and_fast_version(mode):
+    """influence.plain_scores (the definition the README and bench.py cite: one backward per question)
+    against the independent float64 loop, and the fast hook version against it, on a warm AdamW state."""
+    model, opt, dev, gen = make(True, True, True, torch.float64)
+    plain = influence.plain_scores(model, opt, dev, gen, mode=mode)
+    assert plain[0] == 0.0 and (plain[1:] != 0).all()
+    assert rel_err(plain, reference_scores(model, opt, dev, gen, mode=mode)) <= 1e-7
+    assert rel_err(influence.influence_scores(model, opt, dev, gen, mode=mode, chunk_questions=2), plain) <= 1e-7
+
+
 @pytest.mark.parametrize("mode", ["cosine", "preconditioned_cosine"])
 @pytest.mark.parametrize("ckpt", [False, True])
 @pytest.mark.parametrize("budget", [10, 40, 64, 200])

@@ -10,7 +10,7 @@ import torch
 
 import dugrpo
 import infuser
-from evaluate import LETTERS
+from grading import LETTERS
 
 
 def mcq(q="What is 2+2?", choices=("3", "4", "5", "6"), key="4", **extra):

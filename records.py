@@ -1,0 +1,121 @@
+"""records.py -- the records that cross files (DESIGN.md "Records"): sampling settings, samples, and
+rollouts as tensors, plus the one method every engine has (Engine). Only torch.
+
+Shapes: N rollouts, T tokens. Convention: logprobs[n, t] = log p(input_ids[n, t] | input_ids[n, <t]).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings shared by every engine. top_k=0 and top_p=1.0 disable those filters.
+    Defaults are the training sampler of algorithm.md §2.3 (T 0.7, top_p 1.0, no top_k).
+    temperature 0 means greedy (argmax); its log-probs are then those of the unscaled logits (T = 1).
+    seed None draws fresh randomness from torch's global generator."""
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):                 # a lone string is one stop string, not its characters
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        checks = [(isinstance(self.n, int) and self.n >= 1, "n must be an integer >= 1"),
+                  (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+                  (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+                  (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (0 = off)"),
+                  (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+                   "max_new_tokens must be an integer >= 1"),
+                  (all(isinstance(s, str) and s for s in self.stop), "stop must hold non-empty strings")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"SamplingParams: {msg} (got {self})")
+
+
+@dataclass
+class Sample:
+    """One sampled response. `logprobs[i]` is the sampler's log-prob of `response_ids[i]` under the
+    processed (temperature-scaled, top-k/top-p filtered) distribution; finish_reason is "stop" (EOS or a
+    stop string) or "length" (hit max_new_tokens).
+
+    Like vLLM: response_ids keep the EOS token when one was sampled, and when a stop string ends the
+    response they end with the token that completed it (tokens are never split), while `text` (special
+    tokens skipped) is cut just before the stop string."""
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float] | None = None
+    finish_reason: str = "stop"
+    text: str = ""
+
+
+@dataclass
+class Rollouts:
+    """A batch of rollouts as tensors (DESIGN.md). Rows are prompt + response, right-padded.
+
+    input_ids [N, T] long; attention_mask [N, T] long; response_mask [N, T] float, 1 on scored response
+    tokens; group_ids [N] long (one id per prompt); rewards [N] float; sampler_logprobs [N, T] float or
+    None. Convention: logprobs[n, t] = log p(input_ids[n, t] | input_ids[n, <t]).
+    """
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    group_ids: torch.Tensor
+    rewards: torch.Tensor
+    sampler_logprobs: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Rollouts":
+        """Rows by bool mask or index tensor, trimmed to the longest remaining row."""
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(-1)
+        am = self.attention_mask[index]
+        t = int(am.sum(-1).max().item()) if index.numel() else 1
+        cut = lambda x: None if x is None else x[index][:, :t]
+        return Rollouts(cut(self.input_ids), cut(self.attention_mask), cut(self.response_mask),
+                        self.group_ids[index], self.rewards[index], cut(self.sampler_logprobs))
+
+    def to(self, device) -> "Rollouts":
+        mv = lambda x: None if x is None else x.to(device)
+        return Rollouts(mv(self.input_ids), mv(self.attention_mask), mv(self.response_mask),
+                        mv(self.group_ids), mv(self.rewards), mv(self.sampler_logprobs))
+
+
+class Engine(Protocol):
+    """What the rest of the project calls: chat prompts x n samples -> samples, per prompt in order."""
+
+    def generate(self, prompts: list[list[dict]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[list[Sample]]: ...
+
+
+def make_rollouts(samples: list[Sample], group_ids: list[int], rewards: list[float],
+                  pad_id: int = 0) -> Rollouts:
+    """Pack samples into a right-padded Rollouts record (prompt then response in every row)."""
+    n = len(samples)
+    t = max((len(s.prompt_ids) + len(s.response_ids) for s in samples), default=1)
+    ids = torch.full((n, t), pad_id, dtype=torch.long)
+    am = torch.zeros(n, t, dtype=torch.long)
+    rm = torch.zeros(n, t, dtype=torch.float32)
+    has_lp = n > 0 and all(s.logprobs is not None for s in samples)
+    lp = torch.zeros(n, t, dtype=torch.float32) if has_lp else None
+    for i, s in enumerate(samples):
+        p, r = len(s.prompt_ids), len(s.response_ids)
+        ids[i, :p + r] = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long)
+        am[i, :p + r] = 1
+        rm[i, p:p + r] = 1.0
+        if has_lp:
+            lp[i, p:p + r] = torch.tensor(s.logprobs, dtype=torch.float32)
+    return Rollouts(ids, am, rm, torch.as_tensor(group_ids, dtype=torch.long),
+                    torch.as_tensor(rewards, dtype=torch.float32), lp)
+
+
