@@ -166,7 +166,7 @@ def why(level: str, names, seeds, out: Path) -> dict:
 
 def why_markdown(level: str, rows: dict) -> str:
     f = lambda x, d=4: "-" if x is None else f"{x:+.{d}f}"
-    out = [f"## Why P1 failed: rewards by question kind ({level}, all iterations, seeds pooled)", "",
+    out = [f"## Rewards by question kind ({level}, all iterations, seeds pooled)", "",
            "| variant | valid drafts: right key / wrong key / off target | mean reward: right key | wrong key "
            "| off target | solver trained on (groups/run; right / wrong / off) |", "|---|---|---|---|---|---|"]
     for name, r in rows.items():
