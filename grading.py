@@ -33,7 +33,7 @@ from typing import Any
 # start fast (torch / transformers / rollout are imported inside the functions that use them).
 
 # -----------------------------------------------------------------------------------------------------
-# 1. Solver prompt (spec §3.1). Own wording; same structure as the paper's.
+# 1. Solver prompt (algorithm.md §3.1). Own wording; same structure as the paper's.
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -54,7 +54,7 @@ FREE_FORM_SYSTEM_PROMPT = (
 def solver_messages(question: str, choices: list[str] | None = None) -> list[dict]:
     """Chat messages [system, user] for one question. With choices: the MCQ prompt, the question as
     "Question: ..." followed by one "A) ..." line per choice. Without: the free-form system prompt and
-    the raw question as the user message (spec §3.1)."""
+    the raw question as the user message (algorithm.md §3.1)."""
     if not isinstance(question, str):
         raise TypeError(f"question must be a str, got {type(question).__name__}")
     if not choices:

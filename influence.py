@@ -11,23 +11,19 @@ algorithm.md §4) is
   next gradient were g_q), score_q = <gamma_q, m> / (||gamma_q|| ||m||) ("preconditioned_cosine", the paper;
   also "dot", "cosine", "preconditioned_dot"). A positive score: a solver step on q lowers the dev loss.
 
-1. `plain_scores`, the definition: the paper's loop, one backward pass into .grad per question
-   (`question_by_backward`), preconditioned and reduced to <u_q, m> and ||u_q||^2. The reference of the
-   tests and bench.py, and the fast version's fallback for a question too large for one forward.
-2. `influence_scores`, the fast exact version: one forward over a chunk of questions, then ONE backward of
-   activation gradients only. A tap (_Tap) on every module's output saves its input x; its backward gets
-   the output gradient delta and forms the per-question weight gradients directly (Linear: g_q =
-   sum_{tokens of q} delta_t x_t^T, one batched matmul), preconditions and reduces them before the next
-   module's gradient arrives: one module's [Q_chunk, *param] block is alive at a time. The tests compare
-   it with 1. and with an independent float64 loop (tests/influence_reference.py), mode by mode.
-Memory: every forward holds <= `max_tokens` padded tokens; activation checkpointing works in both paths (x
-is a saved tensor of the tap). Supported owners: Linear, Embedding, 1-D elementwise-affine layers (RMSNorm,
-LayerNorm); tied embeddings are summed before preconditioning; anything else is a clear error.
-FSDP2: m comes from an ordinary backward (the loss scaled by the world size to undo FSDP's averaging); the
-hook path gathers one parameter's full m and exp_avg_sq at a time (2 x P floats, not Q x P); ranks with
-fewer questions run zero-weight passes so that collectives stay in step.
-Left out (algorithm.md §4.2, §4.5): the momentum buffer for m, free-form "shortcut" questions (off in every
-recipe). No random projection, no layer subset: all parameters, fp32.
+1. `plain_scores`, the definition: the paper's loop, one backward into .grad per question
+   (`question_by_backward`). The reference of tests and bench.py; the fallback for a too-large question.
+2. `influence_scores`, the fast exact version: one forward over a chunk of questions, ONE backward of
+   activation gradients. A tap on every module's output saves its input x; its backward gets the output
+   gradient delta and forms per-question weight gradients directly (Linear: g_q = sum_{tokens of q}
+   delta_t x_t^T, one batched matmul), preconditioned and reduced before the next module's gradient
+   arrives. Tests compare it with 1. and with a float64 loop (tests/influence_reference.py), mode by mode.
+Memory: each forward <= `max_tokens` padded tokens; activation checkpointing works in both paths. Owners:
+Linear, Embedding, 1-D affine norms (tied embeddings summed before preconditioning); others are an error.
+FSDP2: m from an ordinary backward (scaled by the world size to undo FSDP's averaging); the hook path
+gathers one parameter's m and exp_avg_sq at a time; ranks with fewer questions run zero-weight passes.
+Left out (algorithm.md §4.2, §4.5): a momentum buffer for m, free-form "shortcut" questions (off in every
+recipe), random projections, layer subsets: all parameters, fp32.
 """
 from __future__ import annotations
 
@@ -44,8 +40,7 @@ MODES = ("dot", "cosine", "preconditioned_dot", "preconditioned_cosine")
 TEMP_ELEMENTS = 1 << 26     # floats per fp32 temporary of the hook path (256 MB): slices bound the copies
 
 
-# ----------------------------------------------------------------------------------------------
-# 1. The definition: one backward pass per question (the paper's loop, algorithm.md §4.2-4.7)
+# 1. The definition: one backward pass per question (the paper's loop, algorithm.md §4.2-4.7) ---------
 
 def plain_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_cosine", temperature: float = 0.7,
                  tis_cap: float = 2.0, max_tokens: int = 32768) -> torch.Tensor:
@@ -64,9 +59,8 @@ def plain_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_cosi
 
 
 def question_by_backward(model, optimizer, m, rows, mode, l_gen, temperature, tis_cap, max_tokens) -> torch.Tensor:
-    """[<u_q, m>, ||u_q||^2] of ONE question. rows: its whole group, the same on every rank; each rank
-    takes every world-th row, one backward accumulates g_q into .grad (FSDP2 reduce-scatters it), each rank
-    reduces its shard against its shards of m and exp_avg_sq, and the partial scalars are summed."""
+    """[<u_q, m>, ||u_q||^2] of ONE question (rows: its whole group, the same on every rank). Each rank takes
+    every world-th row into one backward, reduces its shard of g_q against m and v; partials are summed."""
     rank, world = rank_world()
     params = dict(model.named_parameters())
     shard = sharded(params.values())
@@ -121,9 +115,8 @@ def precondition(grad: torch.Tensor, exp_avg_sq: torch.Tensor | None, step: int 
                  beta2: float, eps: float) -> torch.Tensor:
     """gamma = g / (sqrt(v' / (1 - beta2^(step+1))) + eps),  v' = beta2 * v + (1 - beta2) * g * g.
 
-    grad [..., *P] broadcasts against exp_avg_sq [*P] (None: empty state, v = 0); step = steps taken so far.
-    Exactly AdamW's step on gradient g with beta1 = 0, no weight decay, unit learning rate: g's own square
-    is folded into the second moment first (the first step is ~ sign(g)); eps outside the root."""
+    grad [..., *P] broadcasts against exp_avg_sq [*P] (None: v = 0); step = steps taken so far. AdamW's step
+    on g with beta1 = 0, no weight decay, lr 1: g's square enters v first (step 1 ~ sign(g)); eps outside."""
     g = grad.to(acc_dtype(grad.dtype))
     v_new = (1.0 - beta2) * g * g
     if exp_avg_sq is not None:
@@ -144,10 +137,8 @@ def adamw_state(optimizer: torch.optim.Optimizer, param: nn.Parameter):
 
 
 def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_scale: torch.Tensor) -> torch.Tensor:
-    """sum_i row_scale_i A_i sum_t mask w_it (-log pi(y_it)): its gradient is G's (algorithm.md §4.1).
-    adv [N] formed over each row's WHOLE group by the caller; row_scale [N] = 1 / (n L) of the row's set.
-    The gradient of -A w exp(lp - sg(lp)) equals that of -A w lp, used here; w_it from this forward's
-    detached log-probs. Padded positions are selected away, so a non-finite value there cannot leak."""
+    """sum_i row_scale_i A_i sum_t mask w_it (-log pi(y_it)), whose gradient is G's (algorithm.md §4.1): adv [N]
+    over each row's WHOLE group, row_scale [N] = 1 / (n L); w_it detached; padding selected away (no nan)."""
     lp = token_logprobs(model, rollouts.input_ids, rollouts.attention_mask, temperature,
                         rollouts.response_mask)                                            # [N, T]
     on = rollouts.response_mask > 0
@@ -176,8 +167,7 @@ def _questions(kept):
 
 
 def _loop_scalars(model, optimizer, m, kept, rows_list, local_index, mode, l_gen, temperature, tis_cap, max_tokens):
-    """question_by_backward for every rank's listed questions (every rank joins each one's backward);
-    yields (local index, <u_q, m>, ||u_q||^2) for this rank's own."""
+    """question_by_backward for every rank's listed questions (all ranks join each); yields this rank's own."""
     rank = rank_world()[0]
     mine = [(rank, j, kept.select(rows)) for j, rows in zip(local_index, rows_list)]
     for owner, j, rows in [x for part in gather(mine) for x in part]:
@@ -196,8 +186,7 @@ def _fill(scores, uniq, qids, dot, norm2, m, mode):
 
 
 def _backward_rows(model, rows, adv, scale: float, temperature, tis_cap, max_tokens: int) -> None:
-    """Accumulate scale * d/dtheta pg_surrogate(rows) into .grad in micro-batches under the token budget;
-    every rank runs the same number of passes (zero-weight ones where it has fewer): FSDP2 stays in step."""
+    """.grad += scale * d pg_surrogate(rows) in micro-batches under the budget, equal pass counts on all ranks."""
     device = next(model.parameters()).device
     batches = row_batches(_widths(rows).tolist(), max_tokens)
     for s in range(max_over_ranks(len(batches))):
@@ -273,10 +262,9 @@ def influence_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_
                      max_tokens: int = 32768) -> torch.Tensor:
     """One score per group of `gen` (ascending group id). dev, gen: the solver's Rollouts (this rank's share,
     whole groups) with rewards in {0, 1}; optimizer: its live AdamW (read, never changed). Zero-variance gen
-    groups score 0; all 0 when no dev group has reward variance. Parameters, .grad, optimizer state are
-    left as they were. Memory: each forward <= max_tokens padded tokens; the hook path holds one module's
-    [Qc, *param] block (Qc <= chunk_questions) with its gathered m and exp_avg_sq; a question too large for
-    one forward is scored by the plain loop (question_by_backward)."""
+    groups score 0; all 0 when no dev group has reward variance. Parameters, .grad, optimizer state stay
+    as they were. One module's [Qc, *param] block is alive at a time (Qc <= chunk_questions); a question
+    too large for one forward is scored by the plain loop (question_by_backward)."""
     scores, uniq, m = _setup(model, dev, mode, temperature, tis_cap, max_tokens, gen)
     if m is None:
         return scores
@@ -388,8 +376,7 @@ class _Blocks:
             h.remove()
 
     def _forward_hook(self, mod, inputs, output):
-        """Route the output through _Tap, which saves the input x (a saved tensor: activation checkpointing
-        recomputes it, and the module saves the same x itself, so it costs no memory)."""
+        """Route the output through _Tap, which saves the input x (the module's own saved x: no memory)."""
         if not output.requires_grad:
             return None
         tapped = _Tap.apply(output, inputs[0], self, mod)
@@ -439,8 +426,7 @@ class _Blocks:
                     self._add(names[attr], block)
 
     def _add(self, name, block):
-        """Sum a parameter's contributions (two when input and output embeddings are tied) before the
-        nonlinear preconditioner sees them; reduce once all have arrived."""
+        """Sum a parameter's contributions (two for tied embeddings) before preconditioning, then reduce."""
         acc, seen = self.pending.get(name, (None, 0))
         acc = block if acc is None else acc + block
         if seen + 1 == self.uses[name]:
@@ -450,8 +436,7 @@ class _Blocks:
             self.pending[name] = (acc, seen + 1)
 
     def _reduce(self, name, g):
-        """<u_q, m> and ||u_q||^2 for u_q = gamma_q (preconditioned modes) or g_q, g [Qc, *P]: the only
-        O(Q x P) elementwise work, so in place, then a matrix-vector product and one norm pass."""
+        """<u_q, m> and ||u_q||^2, u_q = gamma_q (preconditioned) or g_q, g [Qc, *P]; in place (O(Q x P))."""
         p = self.params[name]
         m = full(self.m[name]).to(device=g.device, dtype=g.dtype).reshape(-1)          # [P]
         pre = self.mode.startswith("preconditioned")
@@ -469,8 +454,7 @@ class _Blocks:
 
 
 class _Tap(torch.autograd.Function):
-    """Identity on a module's output whose backward hands (saved input x, output gradient delta) to
-    _Blocks._on_grad."""
+    """Identity on a module's output; its backward hands (saved input x, delta) to _Blocks._on_grad."""
 
     @staticmethod
     def forward(ctx, out, x, blocks, mod):

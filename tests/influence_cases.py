@@ -1,7 +1,9 @@
 """Shared test cases for the influence tests: a tiny Qwen3 and synthetic rollouts (no download)."""
 import torch
 
-from rollout import Rollouts, tiny_qwen3
+from rollout import Rollouts
+
+from fixtures import tiny_qwen3
 from dugrpo import token_logprobs
 
 

@@ -1,6 +1,6 @@
 """The paper's influence computation, written plainly as the reference for tests and bench.py.
 
-One full backward pass per question (as the official code does, spec §4.3), parameter gradients from
+One full backward pass per question (as the official code does, algorithm.md §4.3), parameter gradients from
 torch.autograd.grad, everything after the gradients in float64, and none of influence.py's or
 dugrpo.py's functions: log-probs, advantages, TIS weights, filtering and the preconditioner are all
 re-derived here from the spec, so agreement with influence.py is evidence, not tautology.

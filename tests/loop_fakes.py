@@ -11,7 +11,8 @@ import json
 import random
 
 from infuser import GENERATOR_SYSTEM_PROMPT
-from rollout import HFEngine, Sample, render_prompt
+from rollout import HFEngine, Sample
+from records import render_prompt
 
 CANNED = [
     json.dumps({"question_text": "Ann has 3 pears and buys 2 more. How many now?",

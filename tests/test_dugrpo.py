@@ -7,7 +7,7 @@ import torch
 import dugrpo
 
 
-# ---------------------------------------------------------------- advantages (spec §6) --------------
+# ---------------------------------------------------------------- advantages (algorithm.md §6) --------------
 
 def ref_advantages(rewards, gids, mode, eps=1e-6):
     """Spec §6 in float64 Python: centre by group mean, then divide."""
@@ -132,7 +132,7 @@ def test_logprobs_bf16_logits_stay_bf16_and_match():
     torch.testing.assert_close(logits.grad.double(), ref_x.grad, rtol=1e-2, atol=1e-2)
 
 
-# ---------------------------------------------------------------- the loss (spec §3.6) -------------
+# ---------------------------------------------------------------- the loss (algorithm.md §3.6) -------------
 
 def ref_policy_loss(lp, old, adv, mask, norm, slp, cap=2.0, cl=0.2, ch=0.2, c=3.0):
     total, n, clip, trunc = 0.0, 0, 0, 0
@@ -202,7 +202,7 @@ def test_tis_weights():
 
 def test_token_logprobs_with_response_mask_skips_the_prompt_head():
     """logits_to_keep from the response mask: same log-probs on response tokens, LM head on fewer rows."""
-    from rollout import tiny_qwen3
+    from fixtures import tiny_qwen3
     model = tiny_qwen3(seed=4)
     gen = torch.Generator().manual_seed(4)
     ids = torch.randint(1, 512, (3, 12), generator=gen)

@@ -111,7 +111,7 @@ CH4 = ["three", "Four", "five", "six"]
     ("\\boxed{4}", "4"),                                    # not a letter: content returned as is
     ("no box here: B", None),
     ("\\boxed{}", None),                                    # empty
-    ("\\boxed{A} and then \\boxed{B", None),                # last box cut off: nothing (spec §3.2)
+    ("\\boxed{A} and then \\boxed{B", None),                # last box cut off: nothing (algorithm.md §3.2)
     ("", None),
     (None, None),
 ])

@@ -20,7 +20,7 @@ def rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30)).item()
 
 
-# ---------------------------------------------------------------- the preconditioner (spec §4.4) ----
+# ---------------------------------------------------------------- the preconditioner (algorithm.md §4.4) ----
 
 @pytest.mark.parametrize("warm_steps", [0, 3])
 def test_precondition_is_the_adamw_step(warm_steps):

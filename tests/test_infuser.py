@@ -1,4 +1,4 @@
-"""infuser.py: parsing (spec §2.4), the document order (§2.1), stratification (§3.7), rewards (§5), and each
+"""infuser.py: parsing (algorithm.md §2.4), the document order (§2.1), stratification (§3.7), rewards (§5), and each
 phase on hand-made inputs, with independent expectations written here."""
 import dataclasses
 import json
@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+import data
 import dugrpo
 import infuser
 from grading import LETTERS
@@ -106,7 +107,7 @@ def test_generator_messages():
 
 def test_document_stream_follows_spec_and_resumes():
     docs = [{"doc_id": str(i)} for i in range(7)]
-    s = infuser.DocumentStream(docs, seed=5)
+    s = data.DocumentStream(docs, seed=5)
     got = [[d["doc_id"] for d in s.next_batch(3)] for _ in range(5)]
     # the spec's rule, written out: shuffle once; take sequentially; at an epoch end take the remainder,
     # reshuffle the same list with the same RNG, and fill from its start
@@ -125,10 +126,10 @@ def test_document_stream_follows_spec_and_resumes():
                 pos = 0
         want.append([str(i) for i in b])
     assert got == want
-    s2 = infuser.DocumentStream(docs, seed=5)
+    s2 = data.DocumentStream(docs, seed=5)
     s2.next_batch(3)
     state = json.loads(json.dumps(s2.state_dict()))            # survives a JSON round trip
-    s3 = infuser.DocumentStream(docs, seed=999)
+    s3 = data.DocumentStream(docs, seed=999)
     s3.load_state_dict(state)
     assert [[d["doc_id"] for d in s3.next_batch(3)] for _ in range(4)] == got[1:]
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint
 import train
 from loop_fakes import ScriptedEngine, loop_args
 
@@ -173,7 +174,7 @@ def test_resume_refuses_another_seed_or_world_size(tmp_path, scripted):
     state = torch.load(tmp_path / "run" / "ckpt_00000" / "state.pt", weights_only=False)
     state["world_size"] = 2
     torch.save(state, tmp_path / "run" / "ckpt_00000" / "state.pt")
-    train.write_manifest(tmp_path / "run" / "ckpt_00000")        # an intact checkpoint of another world size
+    checkpoint.write_manifest(tmp_path / "run" / "ckpt_00000")        # an intact checkpoint of another world size
     with pytest.raises(train.ConfigError, match="was written by 2 ranks, this run has 1"):
         train.main(loop_args(tmp_path, tmp_path / "run", ["--iterations=2", "--resume"]))
 
@@ -249,10 +250,10 @@ def test_export_in_several_safetensors_files_loads_with_from_pretrained(tmp_path
     index, and from_pretrained gives back exactly the same weights."""
     from transformers import AutoModelForCausalLM
     import infuser
-    from rollout import byte_tokenizer, tiny_qwen3
+    from fixtures import byte_tokenizer, tiny_qwen3
     tok = byte_tokenizer()
     model = tiny_qwen3(vocab_size=len(tok))
-    train.export_hf(infuser.Role("solver", model, None, None, tok, None), tmp_path, 0, shard_bytes=64 * 1024)
+    checkpoint.export_hf(infuser.Role("solver", model, None, None, tok, None), tmp_path, 0, shard_bytes=64 * 1024)
     files = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
     assert len(files) > 2 and (tmp_path / "model.safetensors.index.json").is_file()
     back = AutoModelForCausalLM.from_pretrained(tmp_path)

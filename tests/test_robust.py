@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import evaluate as E
+import checkpoint
 import train
 from loop_fakes import ScriptedEngine, loop_args
 
@@ -173,7 +174,7 @@ def test_bad_files_and_flags_give_one_line(tmp_path):
 def test_disk_full_during_a_checkpoint_is_one_line(tmp_path, scripted, monkeypatch):
     def full(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(train, "export_hf", full)
+    monkeypatch.setattr(checkpoint, "export_hf", full)
     with pytest.raises(train.ConfigError, match="iteration 0 could not be written .No space left on device"):
         train.main(small(tmp_path, tmp_path / "run", ["--iterations=1", "--save_every=1"]))
     assert not list((tmp_path / "run").glob("*ckpt_*"))

@@ -24,9 +24,10 @@ vllm = pytest.importorskip("vllm")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dugrpo  # noqa: E402
-import rollout  # noqa: E402
-from rollout import (HFEngine, SamplingParams, VLLMEngine, byte_tokenizer, logprob_probe,  # noqa: E402
-                     make_rollouts, save_model, tiny_qwen3)
+import vllm_engine  # noqa: E402
+from fixtures import byte_tokenizer, tiny_qwen3  # noqa: E402
+from rollout import HFEngine, SamplingParams, make_rollouts, save_model  # noqa: E402
+from vllm_engine import VLLMEngine, logprob_probe  # noqa: E402
 
 CHATS = [[{"role": "user", "content": "hello"}],
          [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A longer prompt, ok?"}]]
@@ -122,7 +123,7 @@ def test_tied_embeddings_sync_and_loud_probe(tmp_path, tok, monkeypatch):
     params = SamplingParams(n=3, temperature=0.7, max_new_tokens=24, seed=3)
     train_one_step(model, flat(eng.generate(CHATS, params)), tok.pad_token_id)
     # without refreshing the tied head, vLLM keeps a stale head: the probe must fail loudly
-    monkeypatch.setattr(rollout, "_refresh_tied_lm_head", lambda vllm_model: False)
+    monkeypatch.setattr(vllm_engine, "_refresh_tied_lm_head", lambda vllm_model: False)
     with pytest.raises(RuntimeError, match="failed its probe"):
         eng.sync_weights(model)
     monkeypatch.undo()
