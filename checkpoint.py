@@ -11,6 +11,8 @@ export of each model, written atomically, checked on resume.
 Everything is written into .tmp_ckpt_XXXXX, which rank 0 renames into place after all ranks are done; a
 crash while writing leaves the previous checkpoint as it was. A checkpoint whose manifest is missing or
 does not match is skipped with one line (the newest intact one is used); --resume=PATH to one is refused.
+
+Run: imported by train.py. Tests: tests/test_loop.py (bitwise resume), tests/test_robust.py (kill -9, damage).
 """
 from __future__ import annotations
 
@@ -23,12 +25,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 import infuser
 from config import Config, ConfigError
 from data import DocumentStream
-from dist import print0, rank_world
+from dist import barrier, print0, rank_world
 
 EXPORT_SHARD_BYTES = 2 * 2 ** 30
 
@@ -98,7 +99,7 @@ def save_checkpoint(cfg: Config, it: int, roles: dict, stream: DocumentStream, e
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rng").mkdir(parents=True)
-    _barrier()
+    barrier()
     with_optim = {name: len(r.optimizer.state) > 0 for name, r in roles.items()}
     dcp.save(_dcp_state(roles, with_optim), checkpoint_id=str(tmp / "dcp"))
     torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng" / f"rank_{rank}.pt")
@@ -111,7 +112,7 @@ def save_checkpoint(cfg: Config, it: int, roles: dict, stream: DocumentStream, e
                  "documents": stream.state_dict(), **extra}
         torch.save(state, tmp / "state.pt")
         (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    _barrier()                           # every rank's shards are on disk before the manifest and the rename
+    barrier()                           # every rank's shards are on disk before the manifest and the rename
     if rank != 0:
         return None
     write_manifest(tmp)
@@ -152,11 +153,6 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"unreadable {MANIFEST} ({type(e).__name__})"
     return None
-
-
-def _barrier():
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def find_checkpoint(cfg: Config) -> Path | None:

@@ -5,6 +5,8 @@ The parser is hand-written (~60 lines). transformers' HfArgumentParser was consi
 dataclasses with Literal fields, but takes `--key value` / `--key=value` through argparse, whose errors
 print a usage block and exit 2 from inside the parser, and it has no notion of a preset that changes the
 defaults before the flags apply; reproducing the one-line errors and presets around it costs as many lines.
+
+Run: imported by train.py (`python train.py --help` lists every key). Tests: tests/test_loop.py.
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """data.py -- the run's data: documents, dev / test questions, pre-generated questions, and the document
-order the paper draws them in (DocumentStream). JSONL errors are one line naming file:line:column."""
+order the paper draws them in (DocumentStream). JSONL errors are one line naming file:line:column.
+
+Run: imported by train.py. Tests: tests/test_infuser.py (DocumentStream), tests/test_robust.py (bad files).
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +12,7 @@ import random
 import infuser
 from config import Config, ConfigError
 from evaluate import LETTERS, Item, load_benchmark
+
 
 def read_jsonl(path: str) -> list[dict]:
     """Rows of a JSONL file; a clear one-line error for a missing file or a malformed line."""

@@ -17,6 +17,11 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def barrier() -> None:
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
 def print0(*a, **k) -> None:
     if rank_world()[0] == 0:
         print(*a, **k, flush=True)

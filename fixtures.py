@@ -2,6 +2,8 @@
 
   byte_tokenizer  a byte-level tokenizer (ids 0..255 are the bytes) with a ChatML chat template
   tiny_qwen3      a randomly initialised Qwen3ForCausalLM from a config
+
+Run: imported by tests, bench.py, toy.py and plan.py. Tests: tests/test_rollout.py.
 """
 from __future__ import annotations
 

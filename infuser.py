@@ -33,7 +33,7 @@ from dist import all_sum, exclusive_offset, gather, rank_world, sharded
 from grading import grade, solver_messages
 from questions import (GENERATOR_SYSTEM_PROMPT, REJECT_REASONS, Document, Question,  # noqa: F401 (re-exports)
                        fix_json_escapes, generator_messages, parse_question)
-from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts
+from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, render_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -445,5 +445,4 @@ def _pad_id(tok) -> int:
 
 
 def _render(role: Role, messages) -> list[int]:
-    from records import render_prompt
     return render_prompt(role.tokenizer, messages)

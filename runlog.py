@@ -6,6 +6,8 @@ the logs are cut back to iterations <= k (rows of an iteration in flight when th
 written again when it reruns), and a metrics line of an iteration <= k that was lost (a kill between the
 checkpoint and its line) is restored from the history: every log holds each iteration once. A fresh run
 refuses an out_dir that holds another run's files (--overwrite deletes only those).
+
+Run: imported by train.py. Tests: tests/test_robust.py.
 """
 from __future__ import annotations
 

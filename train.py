@@ -33,10 +33,10 @@ import torch
 import torch.distributed as dist
 
 import infuser
-from checkpoint import _barrier, check_resume, find_checkpoint, load_checkpoint, save_checkpoint
+from checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from config import Config, ConfigError, parse_config
 from data import DocumentStream, load_documents, load_external_questions, load_questions
-from dist import all_sum, print0, rank_world
+from dist import all_sum, barrier, print0, rank_world
 from evaluate import Item, evaluate
 from runlog import Logger, claim_out_dir, plot_curves
 from rollout import HFEngine, SamplingParams, load_model, set_activation_checkpointing
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rank == 0:
         for p in theirs:                   # --overwrite: the other run's files go before anything is written
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    _barrier()
+    barrier()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.iterations < 1:

@@ -21,7 +21,7 @@ import plan  # noqa: E402
 import checkpoint  # noqa: E402
 import train  # noqa: E402
 from data import DocumentStream  # noqa: E402
-from rollout import byte_tokenizer  # noqa: E402
+from fixtures import byte_tokenizer  # noqa: E402
 
 
 def main(hidden: int, layers: int) -> None:

@@ -1,10 +1,9 @@
 """Shared test cases for the influence tests: a tiny Qwen3 and synthetic rollouts (no download)."""
 import torch
 
-from rollout import Rollouts
-
-from fixtures import tiny_qwen3
 from dugrpo import token_logprobs
+from fixtures import tiny_qwen3
+from records import Rollouts
 
 
 def fake_rollouts(n_q, g, t, vocab, seed, plen=5, sampler=True, gid_stride=3, gid_offset=0):
