@@ -11,7 +11,8 @@ import random
 
 import infuser
 from config import Config, ConfigError
-from evaluate import LETTERS, Item, load_benchmark
+from benchmarks import Item, load_benchmark
+from grading import LETTERS, key_letter
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -63,7 +64,6 @@ def load_questions(spec: str, cfg: Config, split: str) -> list[Item]:
         rows = w.dev if split == "dev" else w.test
         items = [Item(str(r["id"]), r["question"], list(r["choices"]), r["answer"], "mcq") for r in rows]
     elif spec.endswith(".jsonl") or os.path.sep in spec:
-        from evaluate import key_letter
         items = []
         for n, r in enumerate(read_jsonl(spec), 1):
             choices = r.get("choices", r.get("options"))

@@ -1,30 +1,19 @@
 """evaluate.py -- answer grading and benchmark evaluation for the INFUSER solver.
 
-What is here, top to bottom:
-  1. The solver prompt (algorithm.md §3.1): `solver_messages(question, choices)`. Training (infuser.py) imports it,
-     so evaluation measures exactly what training optimises (algorithm.md §8.1: "the same training prompts").
-  2. Answer extraction, by the official extractors' rules (`verl_inf_evolve/utils/mcq_utils.py`,
-     `.../benchmarks/math500_prompting.py`, `mmlu_pro_prompting.py`, `verifiers/aime.py`): `extract_boxed`,
-     `strip_wrappers`, `mcq_letter` (last box, first letter), `mmlu_pro_letter` (its answer patterns, tried
-     before the box), `key_letter`, `math_answer` (last box, first box, Minerva "Final Answer" line, last
-     "ANSWER:" line), `aime_equal` (integer truncation, unit suffixes, string fallback).
-  3. The official math grader (`verifiers/_math_verifier.py`, `verify_math_answer`): math-verify (pinned
-     0.9.0, as the official requirements pin it; first match, verify(prediction, gold)) OR the rule-based
-     judge of judge.py (`verifiers/_math_judger.py`, `judge`): True if either says True. Both run in a
-     persistent worker process that is killed and restarted when a call runs past its timeout (15 s each,
-     the official bound; inside the worker math-verify's own 5 s timers work, as in the official
-     subprocesses), so `grade` is safe from threads and from torchrun ranks, and a pathological answer
-     costs at most the timeout. The free-form extraction runs in the worker too; MCQ grading never touches
-     it and is linear in the response length.
-  4. `grade(response, ground_truth, choices=None, *, source=None)` -> 1.0 correct, 0.0 wrong, None when no
-     answer can be extracted or the verifier cannot decide (DESIGN.md contract). `source` is the official
-     data_source that picks the rules (mmlu_pro, aime, olympiadbench, math500; default "math", the route of
-     generated free-form questions, which the official code grades with the MATH-500 rules).
-  5. A benchmark registry (math500, gsm8k, aime2024, aime2025, olympiadbench, mmlu_pro, supergpqa,
-     gpqa_diamond) with loaders from a local JSONL (`--data-dir`, or $INFUSER_DATA_DIR) or, on an online
-     machine, from the hub dataset id listed in the registry.
-  6. `evaluate(engine, items, params)` -> report dict (avg@k, pass@k, extraction failures, response length,
-     truncation, time, and every response with its grade), and the CLI:
+The pieces live where the loop can use them without the evaluation code (every name is re-exported here):
+  grading.py     the solver prompt (`solver_messages`, shared with training, so evaluation measures what
+                 training optimises: algorithm.md §8.1), the boxed-letter extraction, and the
+                 official math grader: math-verify (pinned 0.9.0; first match, verify(prediction, gold)) OR
+                 the rule-based judge (judge.py), True if either says True, in a persistent worker process
+                 (mathworker.py) killed and restarted past its timeout (15 s, the official bound). MCQ
+                 grading never touches it and is linear in the response length.
+  benchmarks.py  `grade(response, ground_truth, choices=None, *, source=None)` -> 1.0 / 0.0 / None (the
+                 DESIGN.md contract; `source`, the official data_source, picks MMLU-Pro's answer patterns,
+                 AIME's integer comparison, OlympiadBench's units and answer types), the registry (math500,
+                 gsm8k, aime2024, aime2025, olympiadbench, mmlu_pro, supergpqa, gpqa_diamond) and loaders
+                 from a local JSONL (`--data-dir`, or $INFUSER_DATA_DIR) or the hub dataset id.
+  this file      `evaluate(engine, items, params)` -> report dict (avg@k, pass@k, extraction failures,
+                 response length, truncation, time, and every response with its grade), and the CLI:
 
        python evaluate.py --model PATH --benchmark gsm8k,mmlu_pro --limit 100 --data-dir ../shared/data
        python evaluate.py --model PATH --benchmark math500 --engine vllm --out results.json   # 1 GPU
@@ -54,184 +43,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict
 
+from benchmarks import (BENCHMARKS, Benchmark, Item, aime_equal, free_form_answer, grade,  # noqa: F401 (re-exports)
+                        grade_many, load_benchmark, math_answer, minerva_normalize, mmlu_pro_letter, read_jsonl,
+                        verify_math)
 from grading import (LETTERS, FREE_FORM_SYSTEM_PROMPT, MCQ_SYSTEM_PROMPT, MCQ_USER_PROMPT,  # noqa: F401 (re-exports)
-                     DEFAULT_TIMEOUT, aime_equal, extract_boxed, free_form_answer, grade, grade_many, key_letter, math_answer,
-                     math_equal, math_parseable, mcq_letter, minerva_normalize, mmlu_pro_letter,
-                     set_math_workers, solver_messages, strip_wrappers, verify_math)
-
-
-@dataclass
-class Item:
-    """One benchmark question. `answer` is the key letter for multiple choice (kind "mcq") and the
-    reference answer string for free-form math (kind "math"); `meta` keeps the rest (unit, answer_type,
-    subject, ...)."""
-    id: str
-    question: str
-    choices: list[str] | None
-    answer: str
-    kind: str
-    meta: dict = field(default_factory=dict)
-    source: str | None = None       # the official data_source that picks the grading rules (see `grade`)
-
-
-def _mcq_item(id_: str, question: str, choices: list, key: str, meta: dict | None = None) -> Item:
-    if not isinstance(choices, list) or len(choices) < 2:
-        raise ValueError(f"'choices' must be a list of at least 2 options, got {str(choices)[:60]!r}")
-    choices = [str(c) for c in choices]
-    letter = key_letter(str(key), choices)
-    if letter is None:
-        raise ValueError(f"the key {str(key)[:60]!r} is neither a letter nor one of the choices")
-    return Item(str(id_), str(question), choices, letter, "mcq", meta or {})
-
-
-def _unwrap_dollars(s: str) -> str:
-    s = s.strip()
-    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-        s = s[1:-1].strip()
-    return s
-
-
-def _math500(row: dict, i: int) -> Item:
-    return Item(str(row.get("unique_id", i)), row["problem"], None, str(row["answer"]), "math",
-                {"subject": row.get("subject"), "level": row.get("level")})
-
-
-def _gsm8k(row: dict, i: int) -> Item:
-    final = row.get("final_answer")
-    if final is None:  # hub rows: the reference solution ends with "#### <number>"
-        final = row["answer"].split("####")[-1].strip().replace(",", "")
-    return Item(str(row.get("id", i)), row["question"], None, str(final), "math")
-
-
-def _aime(row: dict, i: int) -> Item:
-    question = row["problem"] if "problem" in row else row["question"]
-    return Item(str(row.get("id", i)), question, None, str(row["answer"]).strip(), "math")
-
-
-def _olympiadbench(row: dict, i: int) -> Item:
-    final = row["final_answer"]
-    answer = ", ".join(_unwrap_dollars(str(a)) for a in final) if isinstance(final, list) else str(final)
-    question = row["question"] if not row.get("context") else f"{row['context']}\n\n{row['question']}"
-    return Item(str(row.get("id", i)), question, None, _unwrap_dollars(answer), "math",
-                {"answer_type": row.get("answer_type"), "unit": row.get("unit") or None,
-                 "subfield": row.get("subfield")})
-
-
-def _mmlu_pro(row: dict, i: int) -> Item:
-    key = row["answer_letter"] if "answer_letter" in row else row["answer"]
-    return _mcq_item(row.get("id", row.get("question_id", i)), row["question"], row["options"], key,
-                     {"category": row.get("category")})
-
-
-def _supergpqa(row: dict, i: int) -> Item:
-    key = row["answer_letter"] if "answer_letter" in row else row["answer"]
-    return _mcq_item(row.get("id", row.get("uuid", i)), row["question"], row["options"], key,
-                     {k: row[k] for k in ("discipline", "field", "subfield", "difficulty") if k in row})
-
-
-def _gpqa_diamond(row: dict, i: int) -> Item:
-    """Raw GPQA rows (Question, Correct Answer, Incorrect Answer 1-3, Record ID) get their choices shuffled
-    per question with a seed derived from the id (algorithm.md §8.1); rows already in question/choices/answer form
-    are taken as they are."""
-    if "Correct Answer" in row:
-        qid = str(row.get("Record ID", i))
-        choices = [row["Correct Answer"]] + [row[f"Incorrect Answer {j}"] for j in (1, 2, 3)]
-        choices = [str(c).strip() for c in choices]
-        random.Random(f"None:{qid}").shuffle(choices)
-        return _mcq_item(qid, row["Question"].strip(), choices, row["Correct Answer"].strip())
-    return _mcq_item(row.get("id", i), row["question"], row["choices"], row["answer"])
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    name: str
-    file: str                                  # local JSONL name inside --data-dir
-    hub: tuple[str, str | None, str]           # (dataset id, config, split) for online machines
-    k: int                                     # samples per question (algorithm.md §8.1)
-    to_item: Callable[[dict, int], Item]
-    source: str                                # the official data_source: which grading rules apply
-
-
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("math500", "math500_test.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), 4, _math500, "math500"),
-    Benchmark("gsm8k", "gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), 1, _gsm8k, "gsm8k"),
-    Benchmark("aime2024", "aime2024.jsonl", ("HuggingFaceH4/aime_2024", None, "train"), 32, _aime, "aime"),
-    Benchmark("aime2025", "aime2025.jsonl", ("math-ai/aime25", None, "test"), 32, _aime, "aime"),
-    Benchmark("olympiadbench", "olympiadbench_oe_maths_en_comp.jsonl",
-              ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"), 1, _olympiadbench, "olympiadbench"),
-    Benchmark("mmlu_pro", "mmlu_pro_subset.jsonl", ("TIGER-Lab/MMLU-Pro", None, "test"), 1, _mmlu_pro, "mmlu_pro"),
-    Benchmark("supergpqa", "supergpqa_sample300.jsonl", ("m-a-p/SuperGPQA", None, "train"), 1, _supergpqa, "supergpqa"),
-    Benchmark("gpqa_diamond", "gpqa_diamond.jsonl", ("Idavidrein/gpqa", "gpqa_diamond", "train"), 5,
-              _gpqa_diamond, "gpqa_diamond"),
-]}
-
-
-def read_jsonl(path: str) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a malformed line is a one-line ValueError."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((n, obj))
-    return rows
-
-
-def _to_items(bench: Benchmark, rows, where: Callable[[int], str]) -> list[Item]:
-    items = []
-    for i, (n, row) in enumerate(rows):
-        try:
-            items.append(bench.to_item(row, i))
-            items[-1].source = bench.source
-        except KeyError as e:
-            raise ValueError(f"{where(n)}: missing field {e.args[0]!r} for benchmark {bench.name}") from None
-        except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{where(n)}: bad row for benchmark {bench.name}: {e}") from None
-    return items
-
-
-def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = None) -> list[Item]:
-    """Items of a registered benchmark, in file order, the first `limit` of them. From
-    `data_dir`/<file> when a data directory is given (argument, or $INFUSER_DATA_DIR); otherwise from the
-    hub dataset in the registry (needs `datasets` and a network connection)."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    bench = BENCHMARKS[name]
-    data_dir = data_dir or os.environ.get("INFUSER_DATA_DIR")
-    if data_dir:
-        path = os.path.join(data_dir, bench.file)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"benchmark {name}: {path} does not exist. Put {bench.file} (JSONL, one question per line, "
-                f"fields as in the hub dataset {bench.hub[0]}) in {data_dir}, or drop --data-dir / "
-                f"INFUSER_DATA_DIR on a machine with internet access to load it from the hub.")
-        rows = read_jsonl(path)
-        rows = rows[:limit] if limit is not None else rows
-        return _to_items(bench, rows, lambda n: f"{path}:{n}")
-    hub_id, config, split = bench.hub
-    try:
-        import datasets
-        ds = datasets.load_dataset(hub_id, config, split=split)
-    except Exception as e:  # offline, gated, renamed, ...
-        raise RuntimeError(
-            f"benchmark {name}: no --data-dir given (nor INFUSER_DATA_DIR), and the hub dataset {hub_id}"
-            f"{f' ({config})' if config else ''} could not be loaded: {type(e).__name__}: {str(e)[:200]}. "
-            f"Give --data-dir DIR with {bench.file} in it.") from None
-    rows = [(i, dict(r)) for i, r in enumerate(ds.select(range(min(limit, len(ds)))) if limit else ds)]
-    return _to_items(bench, rows, lambda n: f"{hub_id} row {n}")
+                     DEFAULT_TIMEOUT, extract_boxed, key_letter, math_equal, math_parseable, mcq_letter,
+                     set_math_workers, solver_messages, strip_wrappers)
 
 
 # -----------------------------------------------------------------------------------------------------

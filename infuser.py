@@ -30,7 +30,7 @@ import torch
 import dugrpo
 import influence
 from dist import all_sum, exclusive_offset, gather, rank_world, sharded
-from grading import grade, solver_messages
+from grading import solver_messages
 from questions import (GENERATOR_SYSTEM_PROMPT, REJECT_REASONS, Document, Question,  # noqa: F401 (re-exports)
                        fix_json_escapes, generator_messages, parse_question)
 from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, render_prompt
@@ -126,19 +126,16 @@ class Metrics(dict):
 
 
 def solve(role: Role, cfg, items: list, gids: list[int], it: int, tag: str) -> Graded:
-    """The solver answers each item (a Question or an evaluate.Item) cfg.n_solver times, graded."""
+    """The solver answers each item (a Question or a benchmarks.Item) cfg.n_solver times, graded."""
     params = SamplingParams(n=cfg.n_solver, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.solver_max_new_tokens, seed=None)
-    prompts = [solver_messages(x.text if hasattr(x, "text") else x.question, x.choices) for x in items]
+    prompts = [solver_messages(x.text, x.choices) for x in items]
     outs = role.sample(prompts, params, [seed_for(cfg.seed, it, tag, g) for g in gids])
     eos, out, tick = role.tokenizer.eos_token_id, Graded(), time.perf_counter()
     for x, g, samples in zip(items, gids, outs):
-        meta = getattr(x, "meta", None) or {}
-        how = dict(source=getattr(x, "source", None), answer_type=meta.get("answer_type"), unit=meta.get("unit"))
         for s in samples:
-            score = grade(s.text, x.answer, x.choices, **how)
-            c = 1.0 if score == 1.0 else 0.0
-            r = c
+            score = x.grade(s.text)        # a benchmark item grades by its own rules (benchmarks.Item)
+            r = c = 1.0 if score == 1.0 else 0.0
             # algorithm.md §2.6: no extractable answer although the model stopped by itself (EOS)
             if cfg.solver_mid_eos_penalty and score is None and s.finish_reason == "stop" \
                     and s.response_ids and s.response_ids[-1] == eos:
@@ -282,7 +279,7 @@ def dev_rollouts(cfg, it, solver: Role, items: list, gids: list[int], m: Metrics
 
 def draft_questions(cfg, it, generator: Role, docs: list[Document], m: Metrics) -> list[Draft]:
     prompts = [generator_messages(d.text, cfg.question_route) for d in docs]
-    fits = [len(_render(generator, p)) <= cfg.max_prompt_tokens for p in prompts]  # too long: dropped (§2.1)
+    fits = [len(render_prompt(generator.tokenizer, p)) <= cfg.max_prompt_tokens for p in prompts]  # too long: dropped (§2.1)
     docs, prompts = [d for d, ok in zip(docs, fits) if ok], [p for p, ok in zip(prompts, fits) if ok]
     m["docs_too_long"] = int(all_sum([len(fits) - len(docs)])[0])
     params = SamplingParams(n=cfg.n_gen, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -301,7 +298,8 @@ def draft_questions(cfg, it, generator: Role, docs: list[Document], m: Metrics) 
 def solver_rollouts(cfg, it, solver: Role, drafts: list[Draft], m: Metrics) -> tuple[list[Question], Graded]:
     questions = [d.question for d in drafts]
     for q in questions:
-        if q.rejected is None and len(_render(solver, solver_messages(q.text, q.choices))) > cfg.max_prompt_tokens:
+        if q.rejected is None and len(render_prompt(solver.tokenizer, solver_messages(q.text, q.choices))) \
+                > cfg.max_prompt_tokens:
             q.rejected = "prompt_too_long"
     valid = [q for q in questions if q.rejected is None]
     counts = all_sum([len(questions), len(valid)] + [sum(q.rejected == r for q in questions) for r in REJECT_REASONS])
@@ -442,7 +440,3 @@ def _question_record(it: int, d: Draft, acc: dict, scores: dict) -> dict:
 
 def _pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-
-
-def _render(role: Role, messages) -> list[int]:
-    return render_prompt(role.tokenizer, messages)

@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from grading import LETTERS, math_parseable
+from grading import LETTERS, grade, math_parseable
 
 
 @dataclass
@@ -82,6 +82,9 @@ class Question:
     qid: str
     rejected: str | None = None
     gid: int = -1
+
+    def grade(self, response: str | None) -> float | None:    # 1.0 / 0.0 / None: grading.grade on the key
+        return grade(response, self.answer, self.choices)
 
 
 REJECT_REASONS = ("no_json", "bad_schema", "bad_encoding", "empty_question", "invalid_ground_truth",
