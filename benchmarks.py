@@ -316,12 +316,20 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
 ]}
 
 
+def utf8_line(path: str, n: int, raw: bytes) -> str:
+    """Line n of `path` as text, or a one-line ValueError naming its first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+
+
 def read_jsonl(path: str) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a malformed line is a one-line ValueError."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not (line := utf8_line(path, n, raw)).strip():
                 continue
             try:
                 obj = json.loads(line)

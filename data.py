@@ -11,7 +11,7 @@ import random
 
 import infuser
 from config import Config, ConfigError
-from benchmarks import Item, load_benchmark
+from benchmarks import Item, load_benchmark, utf8_line
 from grading import LETTERS, key_letter
 
 
@@ -23,10 +23,9 @@ def read_jsonl(path: str) -> list[dict]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ConfigError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                  f"{e.start + 1})") from None
+                line = utf8_line(path, n, raw)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
             if not line.strip():
                 continue
             try:

@@ -345,6 +345,9 @@ def test_loader_errors(tmp_path, monkeypatch):
     (tmp_path / "math500_test.jsonl").write_text(good + "\n\n" + '{"problem": "x", "answer": \n')
     with pytest.raises(ValueError, match=r"math500_test\.jsonl:3: not valid JSON"):
         E.load_benchmark("math500", str(tmp_path))
+    (tmp_path / "math500_test.jsonl").write_bytes(good.encode() + b'\n{"problem": "caf\xe9", "answer": "1"}\n')
+    with pytest.raises(ValueError, match=r"math500_test\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 17\)"):
+        E.load_benchmark("math500", str(tmp_path))
     (tmp_path / "math500_test.jsonl").write_text(good + "\n" + json.dumps({"problem": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"math500_test\.jsonl:2: missing field 'answer'"):
         E.load_benchmark("math500", str(tmp_path))
