@@ -6,6 +6,12 @@ a library prints goes to stderr); "ready" once math-verify is imported. It runs 
 math-verify's SIGALRM timers (5 s per parse and per comparison, as in the official code) work here; the
 parent kills the process (SIGKILL: sympy's C loops do not see signals) past its own bound.
 
+Why a program of its own and not a process-pool library: concurrent.futures cannot kill a task past its
+timeout (a hung sympy call would hold its worker for good); pebble can, but its workers are forked from the
+trainer (unsafe in a process with CUDA and NCCL threads) or spawned, which re-imports the main module:
+importing train.py takes 1.45 s and 221 MB of RSS per worker, this program's imports 0.5 s and 56 MB
+(measured on 2 CPU cores: `python -c "import train"` vs `python -c "import benchmarks, math_verify, judge"`).
+
 Run: started by grading._MathWorker as `python mathworker.py`; never imported by the loop.
 Tests: tests/test_evaluate.py (official rules, timeouts, threads).
 """
