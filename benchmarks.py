@@ -1,8 +1,8 @@
 """benchmarks.py -- what a benchmark is: its items, where they are loaded from, and its own answer rules.
 
 The training loop does not import this file: a generated question is graded by grading.grade (the boxed
-letter; for free-form, math_answer below, run inside the math worker). A dev or test set loaded from a benchmark brings its rules with
-it: every `Item` grades itself (`Item.grade`), with the official rules of its data_source.
+letter; for free-form, math_answer below, run inside the math worker). A dev or test set loaded from a
+benchmark brings its rules with it: every `Item` grades itself (`Item.grade`) by its data_source's rules.
 
   rules      the official per-benchmark extractors (`verl_inf_evolve/utils/benchmarks/math500_prompting.py`,
              `mmlu_pro_prompting.py`, `verifiers/aime.py`, `sol_eval/benchmark_adapters.py`): math_answer
