@@ -304,7 +304,7 @@ def math_equal(prediction: str | None, gold: str, *, answer_type: str = "",
 
 
 # -----------------------------------------------------------------------------------------------------
-# 4. Grading: the one function the training loop calls
+# 4. Grading: what the training loop scores a response with (Question.grade)
 
 def mcq_key(ground_truth: str, choices: list[str]) -> str:
     """key_letter, or a one-line ValueError for a key that is neither a letter nor a choice's text."""
