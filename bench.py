@@ -582,7 +582,7 @@ def bench_gpu() -> list[dict]:
     rows.append({"check": "solver_update", "device": name, "tokens_per_s": round(n_tok / dt),
                  "response_tokens_per_s": round(float(mb.response_mask.sum()) / dt),
                  "mfu": round(6 * n_params * n_tok / dt / (peak * 1e12), 4) if peak and cuda else None})
-    del model, opt
+    model = opt = None                     # free them before the memory plan (the lambdas above are done)
 
     # 4. the memory plan, predicted (fake tensors) and measured (the same phases on this device)
     pcfg = train.parse_config(["--preset", "tiny", f"--compute_dtype={dtype}", f"--max_prompt_tokens={lens[0]}",

@@ -206,7 +206,6 @@ def test_score_ranks_like_measured_dev_loss_decrease():
     _, parts, _ = reference_scores(model, opt, dev, gen, mode="preconditioned_dot", return_parts=True)
 
     # the dev policy loss with advantages and TIS weights frozen at the current solver (its gradient is m)
-    params = list(model.parameters())
     keep = torch.tensor([len(set(dev.rewards[dev.group_ids == g].tolist())) > 1 for g in dev.group_ids.tolist()])
     d = dev.select(keep)
     adv = d.rewards.clone()
