@@ -259,6 +259,15 @@ def test_pathological_input_times_out_and_the_worker_recovers():
     assert E.grade("\\boxed{2}", "2") == 1.0
 
 
+def test_worker_program_imports_no_torch():
+    # every timeout restarts the worker; its program (mathworker.py) must stay light to start in well under
+    # a second, so it may import neither torch nor the trainer
+    import subprocess
+    code = "import sys, mathworker; print(sorted({'torch', 'transformers', 'infuser'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_grade_from_threads():
     out = {}
 
