@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import grading
-from grading import extract_boxed, key_letter, math_equal, mcq_key, strip_wrappers
+from grading import extract_boxed, key_letter, mcq_key, strip_wrappers
 
 # -----------------------------------------------------------------------------------------------------
 # 1. The benchmarks' own answer rules
@@ -148,15 +148,11 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
         got = mmlu_pro_letter(response) if source == "mmlu_pro" else None
         return grading.grade(response, ground_truth, choices) if got is None \
             else float(got == mcq_key(ground_truth, choices))
-    if not response:
-        return None
-    source = source or "math"
-    if source == "aime":
+    if source == "aime" and response:
         ok = grading.ask(dict(op="aime", response=response, gold=str(ground_truth)), timeout)
         return None if ok is None else float(ok)
-    got = grading.ask(dict(op="answer", response=response, source=source, unit=unit), timeout)
-    ok = math_equal(got, ground_truth, answer_type=answer_type or "", timeout=timeout)
-    return None if ok is None else float(ok)
+    return grading.grade(response, ground_truth, source=source or "math", unit=unit, answer_type=answer_type,
+                         timeout=timeout)
 
 
 def grade_many(responses: list[str | None], ground_truths: list[str],

@@ -316,13 +316,13 @@ def mcq_key(ground_truth: str, choices: list[str]) -> str:
     return key
 
 
-def grade(response: str | None, ground_truth: str, choices: list[str] | None = None, *,
-          answer_type: str | None = None, timeout: float | None = None) -> float | None:
+def grade(response: str | None, ground_truth: str, choices: list[str] | None = None, *, source: str = "math",
+          unit: str | None = None, answer_type: str | None = None, timeout: float | None = None) -> float | None:
     """1.0 if `response` answers correctly, 0.0 if it gives a wrong answer, None if no answer can be
     extracted or the verifier cannot decide (timeout included). Never raises on any response string.
     With non-empty `choices`: the letter of the last \\boxed{} against the key (a letter or a choice's
-    text), in-process, linear time. Otherwise: the MATH-500 extraction (benchmarks.math_answer), then
-    `math_equal`; both in the worker, each bounded by `timeout`."""
+    text), in-process, linear time. Otherwise: the answer extracted by the rules of `source` (default "math",
+    MATH-500's: benchmarks.free_form_answer), then `math_equal`; both in the worker, each within `timeout`."""
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     if choices:
@@ -330,6 +330,6 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
         return None if got is None else float(got.upper().strip() == key)
     if not response:
         return None
-    got = ask(dict(op="answer", response=response, source="math"), timeout)
+    got = ask(dict(op="answer", response=response, source=source, unit=unit), timeout)
     ok = math_equal(got, ground_truth, answer_type=answer_type or "", timeout=timeout)
     return None if ok is None else float(ok)
