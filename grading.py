@@ -10,9 +10,9 @@ the official math grader in a killable worker process.
                     Both run in a persistent worker process (mathworker.py, a program of its own) killed and
                     restarted past its timeout (15 s, the official bound): safe from threads and ranks
   grade             (response, ground_truth, choices=None) -> 1.0 / 0.0 / None (no answer extracted, or
-                    undecidable): the boxed letter for multiple choice; otherwise the MATH-500 extraction
-                    (benchmarks.math_answer, run in the worker: a generated question's data_source is
-                    "math") and math_equal. The benchmarks' own rules: benchmarks.py.
+                    undecidable): the boxed letter for multiple choice; otherwise the extraction rules of the
+                    data_source (a generated question's is "math": MATH-500's, benchmarks.free_form_answer, run
+                    in the worker) and math_equal. The benchmarks' own patterns: benchmarks.py.
 """
 from __future__ import annotations
 
