@@ -241,9 +241,17 @@ def _sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     return ((seed * 1_000_003 + prompt_index) * 1_000_003 + sample_index) % (2 ** 63)
 
 
-def _check_prompts(prompts) -> None:
-    if not isinstance(prompts, (list, tuple)):
-        raise ValueError("prompts must be a list of chat conversations (each a list of message dicts)")
+class ChatEngine:
+    """What both engines share (HFEngine here, vllm_engine.VLLMEngine): chat prompts are rendered with the
+    tokenizer's chat template (records.render_prompt), then sampled by the engine's own generate_ids."""
+    tokenizer = None
+
+    def generate(self, prompts: list[list[dict]], params: SamplingParams,
+                 seeds: list[int] | None = None) -> list[list[Sample]]:
+        """Chat prompts -> for each prompt, in input order, params.n samples. `seeds`: one per prompt."""
+        if not isinstance(prompts, (list, tuple)):
+            raise ValueError("prompts must be a list of chat conversations (each a list of message dicts)")
+        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params, seeds)
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -293,7 +301,7 @@ def _fsdp_full_params_held(model):
 # ----------------------------------------------------------------------------------------------
 # HFEngine: the default sampler (CPU and GPU)
 
-class HFEngine:
+class HFEngine(ChatEngine):
     """Batched, left-padded, KV-cached sampling with any HF causal LM, in an explicit loop.
 
     Each step: one forward of the newest token per live row -> processed_logprobs -> sample_tokens ->
@@ -325,12 +333,6 @@ class HFEngine:
         self.progress = progress            # None: a bar only when the job needs more than one batch
         self.stop_ids = _stop_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def generate(self, prompts: list[list[dict]], params: SamplingParams,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
-        """Chat prompts -> for each prompt, in input order, params.n samples. `seeds`: one per prompt."""
-        _check_prompts(prompts)
-        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params, seeds)
 
     def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams,
                      seeds: list[int] | None = None) -> list[list[Sample]]:

@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 
 from records import Sample, SamplingParams, render_prompt
-from rollout import _check_prompts, _prompt_seeds, load_tokenizer, resolve_dtype
+from rollout import ChatEngine, _prompt_seeds, load_tokenizer, resolve_dtype
 
 PROBE_MESSAGES = [{"role": "system", "content": "You are a careful assistant."},
                   {"role": "user", "content": "Probe 1-2-3: the quick brown fox jumps over the lazy dog. "
@@ -121,7 +121,7 @@ def sync_weights_to_vllm(model, llm, tokenizer, max_tol: float = 1e-3, mean_tol:
     return probe
 
 
-class VLLMEngine:
+class VLLMEngine(ChatEngine):
     """The Engine interface over a colocated vllm.LLM (optional; `pip install -r requirements-vllm.txt`).
 
     The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), next to the trainer, with
@@ -162,11 +162,6 @@ class VLLMEngine:
         if world <= 1:
             return {}
         return {"distributed_executor_backend": "external_launcher", "data_parallel_size": world}
-
-    def generate(self, prompts: list[list[dict]], params: SamplingParams,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
-        _check_prompts(prompts)
-        return self.generate_ids([render_prompt(self.tokenizer, m) for m in prompts], params, seeds)
 
     def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams,
                      seeds: list[int] | None = None) -> list[list[Sample]]:
