@@ -21,6 +21,8 @@ import json
 import os
 import random
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -101,7 +103,8 @@ def save_checkpoint(cfg: Config, it: int, roles: dict, stream: DocumentStream, e
         (tmp / "rng").mkdir(parents=True)
     barrier()
     with_optim = {name: len(r.optimizer.state) > 0 for name, r in roles.items()}
-    dcp.save(_dcp_state(roles, with_optim), checkpoint_id=str(tmp / "dcp"))
+    with _one_process_is_fine():
+        dcp.save(_dcp_state(roles, with_optim), checkpoint_id=str(tmp / "dcp"))
     torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, tmp / "rng" / f"rank_{rank}.pt")
     for name, role in roles.items():
         if rank == 0:
@@ -204,6 +207,14 @@ def check_resume(path: Path, cfg: Config, world: int) -> dict:
     return state
 
 
+@contextmanager
+def _one_process_is_fine():
+    """DCP warns on every save and load without a process group; one process is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
+        yield
+
+
 def load_checkpoint(path: Path, roles: dict, stream: DocumentStream, state: dict) -> dict:
     """Every rank reads its own shards of both models and optimizers, and its own RNG."""
     import torch.distributed.checkpoint as dcp
@@ -212,7 +223,8 @@ def load_checkpoint(path: Path, roles: dict, stream: DocumentStream, state: dict
     with_optim = state.get("optim_saved", dict.fromkeys(roles, True))
     target = _dcp_state(roles, with_optim)
     try:
-        dcp.load(target, checkpoint_id=str(path / "dcp"))
+        with _one_process_is_fine():
+            dcp.load(target, checkpoint_id=str(path / "dcp"))
         for name, role in roles.items():
             set_model_state_dict(role.model, target[name]["model"])
             if with_optim[name]:

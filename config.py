@@ -35,7 +35,7 @@ class Config:
     # models
     model: str = "toy"                   # "toy", "tiny-random", a local HF dir, a hub name, or a .gguf file
     generator_model: str = ""            # the generator's start point when it differs (default: model)
-    dtype: str = "float32"               # weights (masters) dtype
+    dtype: str = "float32"               # weights (masters) dtype; float64 (both keys) for numerics checks
     compute_dtype: str = "float32"       # bfloat16: FSDP2 mixed precision / autocast
     device: str = "auto"
     engine: str = "hf"                   # hf | vllm
@@ -137,7 +137,8 @@ CHOICES = {"engine": ("hf", "vllm"), "question_route": ("mcq", "free_form"),
            "generator_normalization": ("none", "group_std", "batch_std", "hybrid_std"),
            "similarity_mode": ("dot", "cosine", "preconditioned_dot", "preconditioned_cosine"),
            "generator_reward": ("influence", "spice", "uncertainty"),
-           "dtype": ("float32", "bfloat16", "float16"), "compute_dtype": ("float32", "bfloat16", "float16")}
+           "dtype": ("float32", "bfloat16", "float16", "float64"),
+           "compute_dtype": ("float32", "bfloat16", "float16", "float64")}
 
 
 class ConfigError(ValueError):
@@ -157,9 +158,9 @@ def _coerce(name: str, typ, raw: str):
         raise ConfigError(f"--{name} expects {typ.__name__}, got {raw!r}") from None
 
 
-def usage(cfg: Config) -> str:
-    """--help: the run examples above, then every key with its value in `cfg` (the preset and any
-    overrides given beside --help) and its comment."""
+def usage(cfg: Config, header: str = "") -> str:
+    """--help: `header` (train.py passes its run examples), then every key with its value in `cfg` (the
+    preset and any overrides given beside --help) and its comment."""
     import inspect
     comments = {}
     for line in inspect.getsource(Config).splitlines():
@@ -168,12 +169,13 @@ def usage(cfg: Config) -> str:
             comments[name] = rest.split("#", 1)[1].strip()
     keys = "\n".join(f"  --{k}={v}" + (f"    # {comments[k]}" if k in comments else "")
                      for k, v in asdict(cfg).items() if k != "preset")
-    return (f"{__doc__.split('Config:')[0].rstrip()}\n\nPresets: {', '.join(PRESETS)}\n\n"
+    return (f"{header.strip()}\n\nPresets: {', '.join(PRESETS)}\n\n"
             f"Keys, with their values under --preset={cfg.preset}:\n{keys}")
 
 
-def parse_config(argv: list[str]) -> Config:
-    """`--preset NAME` then `--key=value` / `--key value` overrides; a bare `--flag` sets a bool."""
+def parse_config(argv: list[str], header: str = "usage: python train.py [--preset NAME] [--key=value ...]") -> Config:
+    """`--preset NAME` then `--key=value` / `--key value` overrides; a bare `--flag` sets a bool; then
+    validate(). `-h`/`--help` prints `header` and the keys, and exits."""
     types = {f.name: (str if f.type == "str" else eval(f.type)) for f in fields(Config)}  # noqa: S307
     want_help = "-h" in argv or "--help" in argv
     argv = [a for a in argv if a not in ("-h", "--help")]
@@ -206,21 +208,43 @@ def parse_config(argv: list[str]) -> Config:
             close = difflib.get_close_matches(key, types, n=1)
             raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         setattr(cfg, key, _coerce(key, types[key], val))
-    for key, allowed in CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"--{key}={getattr(cfg, key)!r} is not one of {allowed}")
-    for key in ("doc_batch_size", "n_gen", "n_solver", "ppo_minibatch_groups", "micro_batch", "influence_chunk",
-                "influence_tokens", "ppo_epochs"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"--{key} must be >= 1")
-    if cfg.n_solver < 2:
-        raise ConfigError("--n_solver must be >= 2: a question answered once has no reward variance, so it "
-                          "could neither train the solver nor get an influence score here")
+    validate(cfg)
     if not cfg.out_dir:
         cfg.out_dir = os.path.join("runs", cfg.preset)
     if want_help:
-        print(usage(cfg))
+        print(usage(cfg, header))
         sys.exit(0)
     return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Every rule on the values of the keys, alone and together, in one place: parse_config runs it before
+    train.py touches out_dir or builds anything (the rules that need the data or the world size are
+    checked in train.py, after the data load and still before anything is deleted or built)."""
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"--{key}={getattr(cfg, key)!r} is not one of {allowed}")
+    for key in ("iterations", "doc_batch_size", "n_gen", "n_solver", "ppo_minibatch_groups", "micro_batch",
+                "influence_chunk", "influence_tokens", "ppo_epochs", "test_samples"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"--{key} must be >= 1")
+    for key in ("save_every", "keep_last", "test_every", "dev_limit"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"--{key} must be >= 0")
+    if cfg.n_solver < 2:
+        raise ConfigError("--n_solver must be >= 2: a question answered once has no reward variance, so it "
+                          "could neither train the solver nor get an influence score here")
+    if cfg.question_source and not cfg.fix_generator:
+        raise ConfigError("--question_source needs --fix_generator (its questions come from a frozen generator)")
+    if (cfg.dtype == "float64") != (cfg.compute_dtype == "float64"):
+        raise ConfigError("float64 is all or nothing: give both --dtype=float64 and --compute_dtype=float64")
+    if cfg.engine == "vllm":
+        for key in ("model", "generator_model"):
+            spec = getattr(cfg, key)
+            if spec == "tiny-random" or spec.endswith(".gguf"):
+                raise ConfigError(f"--engine=vllm needs a model directory; --{key}={spec} is not one "
+                                  f"(use --engine=hf)")
+    if not 0 < cfg.top_p <= 1 or cfg.temperature < 0:
+        raise ConfigError(f"--top_p must be in (0, 1] and --temperature >= 0: got {cfg.top_p}, {cfg.temperature}")
 
 

@@ -58,13 +58,16 @@ def byte_tokenizer(vocab_size: int = 512):
 
 def tiny_qwen3(vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 2,
                num_kv_heads: int = 1, head_dim: int = 32, intermediate_size: int = 128,
-               tie_word_embeddings: bool = False, seed: int = 0):
-    """A randomly initialised Qwen3ForCausalLM built from a config (no download), fp32.
-    The defaults fit byte_tokenizer() (512 ids) and vLLM's CPU kernels (head_dim >= 32)."""
+               tie_word_embeddings: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A randomly initialised Qwen3ForCausalLM built from a config (no download), in `dtype` (fp32).
+    The defaults fit byte_tokenizer() (512 ids) and vLLM's CPU kernels (head_dim >= 32). Attention is
+    eager, except in float64: eager attention takes its softmax in float32 whatever the model's dtype
+    (a 1e-7 floor), so a float64 model uses SDPA, which stays in float64 end to end."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
     cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                       num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=head_dim,
                       intermediate_size=intermediate_size, max_position_embeddings=4096,
-                      tie_word_embeddings=tie_word_embeddings, attn_implementation="eager")
+                      tie_word_embeddings=tie_word_embeddings,
+                      attn_implementation="sdpa" if dtype == torch.float64 else "eager")
     torch.manual_seed(seed)
-    return Qwen3ForCausalLM(cfg).float()
+    return Qwen3ForCausalLM(cfg).float().to(dtype)

@@ -8,7 +8,8 @@ the official math grader in a killable worker process.
   math_equal        `verifiers/_math_verifier.py::verify_math_answer`: math-verify (pinned 0.9.0; first match,
                     verify(prediction, gold)) OR the rule-based judge (judge.py): True if either says True.
                     Both run in a persistent worker process (mathworker.py, a program of its own) killed and
-                    restarted past its timeout (15 s, the official bound): safe from threads and ranks
+                    restarted past the deadline: safe from threads and ranks
+  session           one worker and one deadline for all the steps of one check (15 s, the official bound)
   grade             (response, ground_truth, choices=None) -> 1.0 / 0.0 / None (no answer extracted, or
                     undecidable): the boxed letter for multiple choice; otherwise the extraction rules of the
                     data_source (a generated question's is "math": MATH-500's, benchmarks.free_form_answer, run
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from typing import Any
 
 # Nothing heavy is imported here: the worker process (mathworker.py) imports this file and must start fast.
@@ -142,7 +144,7 @@ def key_letter(ground_truth: str, choices: list[str]) -> str | None:
 # -----------------------------------------------------------------------------------------------------
 # 3. math-verify and the judge in a killable worker process
 
-DEFAULT_TIMEOUT = 15.0       # seconds per worker call, the official outer bound per verification
+DEFAULT_TIMEOUT = 15.0       # seconds per grade() call in total (all its steps), the official outer bound
 STARTUP_TIMEOUT = 120.0      # seconds for a fresh worker to import math-verify (not counted in the above)
 
 
@@ -154,7 +156,7 @@ class _MathWorker:
 
     def __init__(self):
         self.proc: subprocess.Popen | None = None
-        self.ready = False
+        self.ready = self.was_ready = False      # was_ready: a first start has finished its imports
         self.buf = b""
 
     def start(self) -> None:
@@ -185,19 +187,33 @@ class _MathWorker:
         line, self.buf = self.buf.split(b"\n", 1)
         return line.decode()
 
-    def ask(self, request: dict, timeout: float) -> Any:
+    def ensure_ready(self, deadline: float | None = None) -> bool:
+        """Is a live worker done with its imports? A first start is waited for up to STARTUP_TIMEOUT (a cold
+        import is no caller's doing); a restart after a kill only until `deadline` (False past it, the
+        worker importing on for the next call)."""
         if self.proc is None or self.proc.poll() is not None:
             self.kill()
             self.start()
-        if not self.ready:
-            if self._readline(time.monotonic() + STARTUP_TIMEOUT) != "ready":
-                self.kill()
-                raise RuntimeError("the math-verify worker process did not start (is math-verify "
-                                   f"installed for {sys.executable}?); its errors are on stderr above")
-            self.ready = True
+        if self.ready:
+            return True
+        limit = deadline if self.was_ready and deadline is not None else time.monotonic() + STARTUP_TIMEOUT
+        if self._readline(limit) == "ready":
+            self.ready = self.was_ready = True
+            return True
+        if self.was_ready and self.proc.poll() is None:
+            return False
+        self.kill()
+        raise RuntimeError("the math-verify worker process did not start (is math-verify "
+                           f"installed for {sys.executable}?); its errors are on stderr above")
+
+    def ask(self, request: dict, timeout: float) -> Any:
+        """The worker's answer, or None past `timeout` seconds (a restart's wait for imports included)."""
+        deadline = time.monotonic() + timeout
+        if timeout <= 0 or not self.ensure_ready(deadline):
+            return None
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            line = self._readline(time.monotonic() + timeout)
+            line = self._readline(deadline)
         except OSError:                             # BrokenPipeError included
             line = None                             # the worker crashed (e.g. a recursion overflow)
         except BaseException:                       # Ctrl-C while waiting: the answer would arrive late
@@ -219,10 +235,11 @@ class _MathPool:
         for w in self.all:
             self.free.put(w)
 
-    def ask(self, request: dict, timeout: float) -> Any:
+    @contextmanager
+    def worker(self):
         w = self.free.get()
         try:
-            return w.ask(request, timeout)
+            yield w
         finally:
             self.free.put(w)
 
@@ -266,9 +283,22 @@ os.register_at_fork(after_in_child=_forget_pool_in_child)
 atexit.register(lambda: _pool is not None and _pool.close())
 
 
+@contextmanager
+def session(timeout: float | None = None):
+    """One worker held for a check of several steps, and one deadline shared by them: yields ask(request),
+    which answers None once `timeout` seconds (default DEFAULT_TIMEOUT) have passed. Not counted: waiting
+    for a free worker (other threads' checks) and a worker's first start (its imports, ~0.5 s)."""
+    with _get_pool().worker() as w:
+        if not w.was_ready:
+            w.ensure_ready()
+        deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else float(timeout))
+        yield lambda request: w.ask(request, deadline - time.monotonic())
+
+
 def ask(request: dict, timeout: float | None = None) -> Any:
     """One request to a worker (the ops are in mathworker.py); None past `timeout` or on a crash."""
-    return _get_pool().ask(request, DEFAULT_TIMEOUT if timeout is None else float(timeout))
+    with session(timeout) as ask_:
+        return ask_(request)
 
 
 def math_parseable(text: str | None, *, timeout: float | None = None) -> bool | None:
@@ -281,12 +311,12 @@ def math_parseable(text: str | None, *, timeout: float | None = None) -> bool | 
 
 
 def math_equal(prediction: str | None, gold: str, *, answer_type: str = "",
-               timeout: float | None = None) -> bool | None:
+               timeout: float | None = None, _ask=None) -> bool | None:
     """Is an extracted answer equal to the reference? The official `verify_math_answer`: math-verify
     (both sides as $...$, first match, verify(prediction, gold)), and if that does not say True, the judge
-    (judge.py); True if either says True, False if either says False, else None. Each runs in the worker
-    under its own `timeout` (default DEFAULT_TIMEOUT), as the official code runs each in a killable
-    subprocess."""
+    (judge.py); True if either says True, False if either says False, else None. Both run in the worker
+    within one `timeout` in total (default DEFAULT_TIMEOUT; the official code bounds each check by 15 s);
+    `_ask`: the session of a caller that shares its deadline (grade)."""
     if prediction is None:
         return None
     if not isinstance(prediction, str):
@@ -294,10 +324,13 @@ def math_equal(prediction: str | None, gold: str, *, answer_type: str = "",
     pred, gold = prediction.strip(), str(gold).strip()
     if not pred:
         return None
-    by_mv = ask(dict(op="mv", pred=pred, gold=gold), timeout)
+    if _ask is None:
+        with session(timeout) as ask_:
+            return math_equal(pred, gold, answer_type=answer_type, _ask=ask_)
+    by_mv = _ask(dict(op="mv", pred=pred, gold=gold))
     if by_mv is True:
         return True
-    by_judge = ask(dict(op="judge", pred=pred, gold=gold, answer_type=answer_type or ""), timeout)
+    by_judge = _ask(dict(op="judge", pred=pred, gold=gold, answer_type=answer_type or ""))
     if by_judge is True:
         return True
     return False if False in (by_mv, by_judge) else None
@@ -322,7 +355,8 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
     extracted or the verifier cannot decide (timeout included). Never raises on any response string.
     With non-empty `choices`: the letter of the last \\boxed{} against the key (a letter or a choice's
     text), in-process, linear time. Otherwise: the answer extracted by the rules of `source` (default "math",
-    MATH-500's: benchmarks.free_form_answer), then `math_equal`; both in the worker, each within `timeout`."""
+    MATH-500's: benchmarks.free_form_answer), then `math_equal`; all in the worker, within one `timeout`
+    (default DEFAULT_TIMEOUT) in total."""
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     if choices:
@@ -330,6 +364,7 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
         return None if got is None else float(got.upper().strip() == key)
     if not response:
         return None
-    got = ask(dict(op="answer", response=response, source=source, unit=unit), timeout)
-    ok = math_equal(got, ground_truth, answer_type=answer_type or "", timeout=timeout)
+    with session(timeout) as ask_:
+        got = ask_(dict(op="answer", response=response, source=source, unit=unit))
+        ok = math_equal(got, ground_truth, answer_type=answer_type or "", _ask=ask_)
     return None if ok is None else float(ok)

@@ -219,7 +219,7 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
 
     old = None
     if not (len(minibatches) == 1 and cfg.ppo_epochs == 1):      # off-policy: recompute pi_old (§3.8)
-        old = torch.zeros_like(rollouts.response_mask)
+        old = torch.zeros_like(rollouts.response_mask, dtype=dugrpo.acc_dtype(next(model.parameters()).dtype))
         with torch.no_grad():
             for rows, n_pass in zip(rows_of, passes):
                 for k in range(n_pass):

@@ -41,7 +41,7 @@ from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, ren
 # Models and tokenizers
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""train.py -- the INFUSER entry point: setup, models and roles, data, resume, the outer loop, the summary.
+r"""train.py -- the INFUSER entry point: setup, models and roles, data, resume, the outer loop, the summary.
 
 Run
   python train.py                                   # the embedded default: the toy world (preset "toy")
@@ -39,10 +39,13 @@ from data import DocumentStream, load_documents, load_external_questions, load_q
 from dist import all_sum, barrier, print0, rank_world
 from evaluate import Item, evaluate
 from runlog import Logger, claim_out_dir, plot_curves
-from rollout import HFEngine, SamplingParams, load_model, set_activation_checkpointing
+from rollout import HFEngine, SamplingParams, load_model, resolve_dtype, set_activation_checkpointing
 
-# ----------------------------------------------------------------------------------------------
 from fixtures import byte_tokenizer, tiny_qwen3
+
+# `python train.py --help`: how to run (this docstring's Run block), then every key (config.usage)
+USAGE = ("usage: python train.py [--preset NAME] [--key=value ...]   (or torchrun ... train.py ...)\n\n"
+         + __doc__[__doc__.index("Run\n"):__doc__.index("\nConfig and presets")])
 
 # ----------------------------------------------------------------------------------------------
 # Distributed setup (a thin layer: world size 1 is the same code path)
@@ -75,7 +78,7 @@ def build_model(spec: str, cfg: Config):
         return model, tok, path
     if spec == "tiny-random":
         tok = byte_tokenizer()
-        model = tiny_qwen3(vocab_size=len(tok), seed=cfg.seed)
+        model = tiny_qwen3(vocab_size=len(tok), seed=cfg.seed, dtype=resolve_dtype(cfg.dtype))
         return model, tok, None
     gguf = None
     if spec.endswith(".gguf"):
@@ -99,7 +102,8 @@ def prepare_model(model, cfg: Config, device, mesh=None) -> None:
         set_activation_checkpointing(model, True)
     if rank_world()[1] > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.compute_dtype), reduce_dtype=torch.float32)
+        compute = getattr(torch, cfg.compute_dtype)
+        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.promote_types(compute, torch.float32))
         for layer in model.model.layers:
             fully_shard(layer, mp_policy=mp, mesh=mesh)
         fully_shard(model, mp_policy=mp, mesh=mesh)
@@ -152,7 +156,7 @@ def test_accuracy(cfg: Config, role: infuser.Role, items: list[Item], tag: str) 
 # The outer loop
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(sys.argv[1:] if argv is None else argv, header=USAGE)
     if cfg.plan:
         import plan
         try:
@@ -168,27 +172,20 @@ def main(argv: list[str] | None = None) -> dict:
     theirs = claim_out_dir(cfg)
     ckpt = find_checkpoint(cfg)
     state = check_resume(ckpt, cfg, int(os.environ.get("WORLD_SIZE", "1"))) if ckpt is not None else None
-    if state is not None and state["iteration"] + 1 >= cfg.iterations:
+    finished = state is not None and state["iteration"] + 1 >= cfg.iterations
+    if finished and (Path(cfg.out_dir) / "summary.json").is_file():
         print0(f"{ckpt}: the run is finished (iteration {state['iteration'] + 1} of {cfg.iterations}); "
                f"nothing to do (raise --iterations to continue it)")
         return {"summary": state.get("summary", {}), "history": state.get("history", []), "config": asdict(cfg)}
     rank, world, device = setup_distributed(cfg)
-    if rank == 0:
-        for p in theirs:                   # --overwrite: the other run's files go before anything is written
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    barrier()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.iterations < 1:
-        raise ConfigError("--iterations must be >= 1")
 
     # ---- data ---------------------------------------------------------------------------------
     documents = [] if cfg.dev_only else load_documents(cfg.documents)
     dev_items = load_questions(cfg.dev, cfg, "dev")
     test_items = load_questions(cfg.test, cfg, "test") if cfg.test else []
     external = load_external_questions(cfg.question_source) if cfg.question_source else None
-    if external is not None and not cfg.fix_generator:
-        raise ConfigError("--question_source needs --fix_generator (its questions come from a frozen generator)")
     stream = DocumentStream(documents, cfg.seed)
     if len(dev_items) < world or (documents and cfg.doc_batch_size < world):
         raise ConfigError(f"every rank needs at least one dev question and one document per batch: got "
@@ -201,6 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     solver = make_role("solver", s_model, s_tok, s_path, cfg, device, shared)
     generator = make_role("generator", g_model, g_tok, g_path, cfg, device, shared)
     roles = {"generator": generator, "solver": solver}
+    if rank == 0:
+        for p in theirs:                   # --overwrite: the other run's files go only now, every check passed
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    barrier()
 
     log = Logger(cfg)
     start, history, summary = 0, [], {}
@@ -208,16 +209,19 @@ def main(argv: list[str] | None = None) -> dict:
         state = load_checkpoint(ckpt, roles, stream, state)
         start, history, summary = state["iteration"] + 1, state.get("history", []), state.get("summary", {})
         log.resume(state["iteration"], history)
-        print0(f"resumed from {ckpt} (next iteration {start})")
+        print0(f"resumed from {ckpt} (next iteration {start})" if not finished else
+               f"{ckpt}: the run is finished but its summary is missing (killed after its last checkpoint): "
+               f"writing it now")
     n_params = sum(p.numel() for p in s_model.parameters())
     print0(f"INFUSER | preset {cfg.preset} | world {world} on {device} | {n_params / 1e6:.2f}M params per model"
            f" | {len(documents)} documents, {len(dev_items)} dev, {len(test_items)} test questions")
     isa = torch.backends.cpu.get_cpu_capability()
-    if device.type == "cpu" and cfg.compute_dtype != "float32" and not isa.startswith("AVX512"):
+    half = cfg.compute_dtype in ("bfloat16", "float16")
+    if device.type == "cpu" and half and not isa.startswith("AVX512"):
         print0(f"warning: --compute_dtype={cfg.compute_dtype} on a CPU without AVX-512 ({isa}): half-precision "
                f"matmuls are emulated here, measured 12-18x slower than float32 (README, Performance)")
     amp = (torch.autocast(device.type, dtype=getattr(torch, cfg.compute_dtype))
-           if world == 1 and cfg.compute_dtype != "float32" else nullcontext())
+           if world == 1 and half else nullcontext())
     if start == 0 and test_items:
         summary["test_acc_start"] = test_accuracy(cfg, solver, test_items, "test")
         print0(f"held-out test accuracy at start: {summary['test_acc_start']:.3f}")
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
             m["time_checkpoint"] = time.perf_counter() - tick
         log.metrics(m)
 
-    if test_items:
+    if test_items and "test_acc_end" not in summary:
         summary["test_acc_end"] = test_accuracy(cfg, solver, test_items, "test")
     devs = [m["dev_acc"] for m in history if m.get("dev_acc") is not None]
     if devs:

@@ -1,7 +1,7 @@
 """Run by tests/test_influence.py under `torchrun --standalone --nproc_per_node=2` (gloo, FSDP2).
 
 Optional argv[4] = token budget per forward (small values split questions over forwards and ranks),
-argv[5] = "ckpt" for activation checkpointing. Builds the same tiny solver as the single-process test, shards it with fully_shard, takes a few identical
+argv[5] = "ckpt" for activation checkpointing, argv[6] = "float64" for a float64 model. Builds the same tiny solver as the single-process test, shards it with fully_shard, takes a few identical
 AdamW steps, then scores the questions of this rank's share of the rollouts. Rank 0 writes
 {group id: score} for all ranks and the parameter checksums to the JSON path given as argv[1].
 """
@@ -20,11 +20,11 @@ from rollout import set_activation_checkpointing  # noqa: E402
 from influence_cases import build_case  # noqa: E402
 
 
-def main(out_path, mode, tied, max_tokens=32768, ckpt=False):
+def main(out_path, mode, tied, max_tokens=32768, ckpt=False, dtype=torch.float32):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model, opt_steps, dev, gen = build_case(tied=tied)
+    model, opt_steps, dev, gen = build_case(tied=tied, dtype=dtype)
     if ckpt:                                    # non-reentrant activation checkpointing, as train.py sets it
         set_activation_checkpointing(model)
     for layer in model.model.layers:
@@ -51,4 +51,5 @@ def main(out_path, mode, tied, max_tokens=32768, ckpt=False):
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3] == "tied", int(sys.argv[4]) if len(sys.argv) > 4 else 32768,
-         len(sys.argv) > 5 and sys.argv[5] == "ckpt")
+         len(sys.argv) > 5 and sys.argv[5] == "ckpt",
+         torch.float64 if len(sys.argv) > 6 and sys.argv[6] == "float64" else torch.float32)

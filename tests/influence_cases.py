@@ -24,7 +24,7 @@ def fake_rollouts(n_q, g, t, vocab, seed, plen=5, sampler=True, gid_stride=3, gi
 
 def build_case(tied=False, sampler=True, dtype=torch.float32):
     """(model, warm_up(model, opt), dev, gen): 6 dev questions and 7 generated ones, 4 rollouts each."""
-    model = tiny_qwen3(tie_word_embeddings=tied).to(dtype)
+    model = tiny_qwen3(tie_word_embeddings=tied, dtype=dtype)
     dev = fake_rollouts(6, 4, 16, 512, 1, sampler=sampler)
     gen = fake_rollouts(7, 4, 16, 512, 2, sampler=sampler)
     gen.rewards[:4] = 1.0                          # question 0: all correct -> score 0

@@ -45,7 +45,7 @@ def reference_scores(model, optimizer, dev, gen, mode="preconditioned_cosine", t
     scores = torch.zeros(len(torch.unique(gen.group_ids)), dtype=torch.float64)
     dev_groups = _groups(dev.rewards, dev.group_ids)
     if not dev_groups:
-        return scores.float()
+        return scores
     dev_rows = [i for rows in dev_groups.values() for i in rows]
     l_dev = dev.response_mask[dev_rows].sum().item() / len(dev_rows)
     m = torch.autograd.grad(_loss(model, dev, dev_rows, len(dev_rows), l_dev, temperature, tis_cap), params)
@@ -81,5 +81,5 @@ def reference_scores(model, optimizer, dev, gen, mode="preconditioned_cosine", t
             s = dot / (max(float(torch.sqrt(torch.as_tensor(nrm))), 1e-12) * max(float(m_norm), 1e-12))
         scores[order.index(g)] = float(s)
     if return_m:
-        return scores.float(), parts, float(m_norm), m
-    return (scores.float(), parts, float(m_norm)) if return_parts else scores.float()
+        return scores, parts, float(m_norm), m
+    return (scores, parts, float(m_norm)) if return_parts else scores

@@ -26,8 +26,11 @@ DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"shared data not found at {DATA}")
 
 
-def _rows(name):
-    with open(os.path.join(DATA, name), encoding="utf-8") as f:
+HERE_DATA = os.path.join(ROOT, "tests", "data")    # small attributed files shipped with the tests (README)
+
+
+def _rows(name, where=DATA):
+    with open(os.path.join(where, name), encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -84,9 +87,29 @@ def _ours(r):
     return E.math_equal(p, g, answer_type=meta.get("answer_type") or "")
 
 
-@needs_data
+def test_math_verify_rows_agree_through_the_worker():
+    rows = [r for r in _rows("answer_equivalence_cases.jsonl", HERE_DATA) if r["source"] == "math-verify"]
+    assert len(rows) == 270
+    disagree, undecided = [], set()
+    for r in rows:
+        o = r["options"]
+        if r["harness"] == "compare_strings":
+            got = E.verify_math(r["pred"], r["gold"], match_types=tuple(o["match_types"]),
+                                float_rounding=o["precision"], strict=o["strict"],
+                                allow_set_relation_comp=o["allow_set_relation_comp"])
+        else:  # verify(parse(gold), parse(pred)) with math-verify's defaults
+            assert r["harness"] == "verify(parse(gold), parse(pred))"
+            got = E.verify_math(r["pred"], r["gold"])
+        if got is None:
+            undecided.add(r["id"])
+        if (got is True) != r["expected"]:
+            disagree.append((r["id"], r["gold"], r["pred"], r["expected"], got))
+    assert disagree == []
+    assert undecided == MV_UNDECIDED
+
+
 def test_infuser_and_olympiadbench_rows():
-    rows = [r for r in _rows("answer_equivalence_cases.jsonl") if r["source"] != "math-verify"]
+    rows = [r for r in _rows("answer_equivalence_cases.jsonl", HERE_DATA) if r["source"] != "math-verify"]
     assert len(rows) == 94
     differ = {r["id"]: (r["pred"], r["gold"], r["expected"], _ours(r)) for r in rows}
     differ = {k: v for k, v in differ.items() if v[2] != v[3]}
