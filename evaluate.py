@@ -1,42 +1,48 @@
-"""evaluate.py -- answer grading and benchmark evaluation for the INFUSER solver.
+"""evaluate.py -- benchmark evaluation of a solver: the paper's results table from one command.
 
-The pieces live where the loop can use them without the evaluation code (every name is re-exported here):
+The pieces live where the loop can use them without the evaluation code (their names are re-exported here):
   grading.py     the solver prompt (`solver_messages`, shared with training, so evaluation measures what
-                 training optimises: algorithm.md §8.1), the boxed-letter extraction, and the
-                 official math grader: math-verify (pinned 0.9.0; first match, verify(prediction, gold)) OR
-                 the rule-based judge (judge.py), True if either says True, in a persistent worker process
-                 (mathworker.py) killed and restarted past its timeout (15 s, the official bound). MCQ
-                 grading never touches it and is linear in the response length.
+                 training optimises: algorithm.md §8.1), the boxed-letter extraction, and the official math
+                 grader (math-verify OR the rule-based judge, in a killable worker process, one deadline per
+                 grade). MCQ grading never touches it and is linear in the response length.
   benchmarks.py  `grade(response, ground_truth, choices=None, *, source=None)` -> 1.0 / 0.0 / None (the
-                 DESIGN.md contract; `source`, the official data_source, picks MMLU-Pro's answer patterns,
-                 AIME's integer comparison, OlympiadBench's units and answer types), the registry (math500,
-                 gsm8k, aime2024, aime2025, olympiadbench, mmlu_pro, supergpqa, gpqa_diamond) and loaders
-                 from a local JSONL (`--data-dir`, or $INFUSER_DATA_DIR) or the hub dataset id.
+                 DESIGN.md contract; `source`, the official data_source, picks each row's rules), the
+                 registry of rows with their loaders (a local JSONL in `--data-dir`, or the hub dataset),
+                 the code rows' harnesses, and `run_program` (sandbox.py) that runs a model's program.
   this file      `evaluate(engine, items, params)` -> report dict (avg@k, pass@k, extraction failures,
                  response length, truncation, time, and every response with its grade), and the CLI:
 
-       python evaluate.py --model PATH --benchmark gsm8k,mmlu_pro --limit 100 --data-dir ../shared/data
-       python evaluate.py --model PATH --benchmark math500 --engine vllm --out results.json   # 1 GPU
+       python evaluate.py --model PATH --suite paper --data-dir DIR --compare qwen3-8b-base --out r.json
+       torchrun --nproc_per_node=8 evaluate.py --model PATH --suite paper --engine vllm --out r.json
+       python evaluate.py --model PATH --benchmark gsm8k,mmlu_pro --limit 100 --data-dir DIR
 
-     It prints a table and writes a JSON report with every setting and library version. Ctrl-C stops
-     generation and keeps (and writes) what is done. Evaluation runs in one process (CPU or one GPU);
-     there is no multi-GPU sharding here: give each GPU its own benchmarks.
+     It prints the table in the paper's row order (with --compare, the paper's Base / Fixed generator /
+     INFUSER numbers beside it) and writes a JSON report with every setting and library version. Items are
+     appended to OUT.partial/ as they are graded; after a kill, the same command with --resume grades only
+     the rest. Under torchrun, rank r takes items r, r + world, ...; every item samples from a seed of its
+     own, so rank 0's report equals the one-process report. Ctrl-C keeps (and writes) what is done.
 
-Defaults follow algorithm.md §8.1: temperature 0.7, top_p 0.8, top_k 20, up to 8192 new tokens, avg@k with
-k = 32 (AIME 2024/2025), 5 (GPQA-Diamond), 4 (MATH-500), 1 (everything else); all can be overridden.
+Defaults follow algorithm.md §8.1: temperature 0.7, top_p 0.8, top_k 20, up to 8192 new tokens (16,384 for
+code), avg@k with k = 32 (AIME 2024/2025, HMMT), 5 (GPQA-Diamond), 4 (MATH-500), 8 (HumanEval+), 2
+(LiveCodeBench), 1 (everything else); all can be overridden.
 
 Departures from the paper's code, and what is left out:
-  * GSM8K is not one of the paper's benchmarks; it is graded with the MATH-500 rules here.
+  * GSM8K and HumanEval (base) are not rows of the paper's table; GSM8K is graded with the MATH-500 rules.
   * The generator's own `data_source` field, which officially picks the grader of a generated question,
     is ignored: every generated free-form question is graded as "math" (the official default).
   * OlympiadBench's per-question numeric tolerances: math-verify rounds to 6 decimals, the judge uses 1e-4.
   * The paper's solver prompt shows the model a literal "\\boxed{{}}" (an unformatted template); ours
     writes "\\boxed{}".
-  * BBEH, HMMT, MedQA, MedXpertQA and the coding benchmarks (no loader here; HMMT-style answers are graded
-    by the same math grader, as officially).
-  * GPQA-Diamond choices are shuffled per question with random.Random("None:<id>") as the spec describes;
-    whether this reproduces the paper's exact order is not known.
-The agreement was checked function by function against the official code (see DEVELOPERS.md).
+  * Code: the paper runs HumanEval+ and LiveCodeBench through OpenCompass 0.5.2 (EvalPlus for HumanEval+).
+    Here the program is cut from the response by the same rules, but HumanEval+ runs the dataset's own
+    check(candidate) test (EvalPlus also sanitises the program with tree-sitter first, and its generation
+    cap may have been 512 tokens in the paper's runs); LiveCodeBench uses its reference runner's rules
+    (benchmarks.LCB_HARNESS). Base models get the chat prompt (OpenCompass gives them raw text). Programs
+    see only the standard library, and no socket, ctypes or multiprocessing (sandbox.GUARD).
+  * GPQA-Diamond choices are shuffled per question with random.Random("None:<id>") as the paper's code does;
+    whether this reproduces the paper's exact order depends on the order of its preprocessed rows.
+  * Hub revisions are not pinned (none could be checked from the machines this was built on).
+The agreement was checked by running the official functions side by side: experiments/official_diff.py.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ What isolates the program, on every run:
     stderr go to one file in the directory, so more output than that kills the program), open files (64),
     core dumps (none); stdin is empty;
   * a guard at the top of the file that removes os.kill/killpg/system/fork/exec*/remove/unlink/rename,
-    subprocess, socket and ctypes -- defence in depth, not a boundary (a program can reach posix or _socket);
+    subprocess.Popen, shutil.rmtree/move/chown (as the benchmarks' own runners do) and the socket, ctypes
+    and multiprocessing modules -- defence in depth, not a boundary (a program can reach posix or _socket);
   * when the caller is root (CI, containers), the boundaries that hold against a hostile program: a network
     namespace of its own with no interface up (no network, not even loopback) and a uid of its own with no
     account, no groups and at most MAX_PROCS processes -- so it cannot signal, read (/proc/<pid>/environ
@@ -55,9 +56,11 @@ for _n in ("kill", "killpg", "system", "popen", "fork", "forkpty", "execv", "exe
            "rmdir", "removedirs", "rename", "renames", "replace", "putenv", "unsetenv", "chmod", "chown"):
     if hasattr(_os, _n):
         setattr(_os, _n, None)
-for _m in ("subprocess", "socket", "ctypes", "multiprocessing", "shutil"):
+import shutil as _sh, subprocess as _sp
+_sp.Popen = _sh.rmtree = _sh.move = _sh.chown = None
+for _m in ("socket", "ctypes", "multiprocessing"):
     _sys.modules[_m] = None
-del _os, _sys, _n, _m
+del _os, _sys, _n, _m, _sh, _sp
 """
 
 # argv: uid (or -1), cpu seconds, memory bytes, file bytes, max procs (-1: no limit set), interpreter, program

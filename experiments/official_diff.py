@@ -15,7 +15,11 @@ and feeds the same inputs to both sides:
      and without source="mmlu_pro";
   3. 540 free-form responses built from MATH-500, AIME and OlympiadBench answers in ten forms (box, \\text,
      Final Answer line, ANSWER line, a wrong value, a cut-off last box, %, ordinal, prose, an equation);
-  4. the 94 non-math-verify rows of ../shared/data/answer_equivalence_cases.jsonl.
+  4. the 94 non-math-verify rows of ../shared/data/answer_equivalence_cases.jsonl;
+  5. 4,000 MedQA responses (its answer patterns, boxes, lone letters); 6. 4,000 BBEH responses, for both of its
+     data_sources (the BBEH extractor + the general comparison; the box + the bbeh_open fuzzy matcher);
+  7. 300 HMMT responses (math grader); 8. 2,000 responses through the HumanEval+ code extractor of the paper's
+     OpenCompass patch (run as the function alone, read out of the file: the module needs OpenCompass).
 It prints the number of cases and of disagreements for each, and the first disagreements. --quick runs a
 tenth of 1-3.
 """
@@ -38,7 +42,10 @@ NEEDED = ["verl_inf_evolve/utils/question_parser.py", "verl_inf_evolve/utils/mcq
           "verl_inf_evolve/utils/benchmarks/mmlu_pro_prompting.py",
           "verl_inf_evolve/utils/benchmarks/verifiers/_math_verifier.py",
           "verl_inf_evolve/utils/benchmarks/verifiers/_math_judger.py",
-          "verl_inf_evolve/utils/benchmarks/verifiers/aime.py"]
+          "verl_inf_evolve/utils/benchmarks/verifiers/aime.py",
+          "verl_inf_evolve/utils/benchmarks/medqa_prompting.py", "verl_inf_evolve/utils/benchmarks/bbeh_prompting.py",
+          "verl_inf_evolve/utils/benchmarks/verifiers/bbeh_open.py", "verl_inf_evolve/utils/benchmarks/verifiers/hmmt.py"]
+OC_PATCH = "scripts/patches/opencompass/postprocessors.py"      # humaneval_extract_code, read out of it by ast
 
 
 def official_modules(checkout: Path):
@@ -68,6 +75,20 @@ def official_modules(checkout: Path):
     return question_parser, mcq_utils, math500_prompting, mmlu_pro_prompting, _math_verifier, aime
 
 
+def official_more(checkout: Path):
+    """The MedQA, BBEH and HMMT rules (imported from the scratch package official_modules built) and the
+    HumanEval+ code extractor of the OpenCompass patch (its function alone: the module needs OpenCompass)."""
+    import ast
+    from verl_inf_evolve.utils.benchmarks import bbeh_prompting, medqa_prompting
+    from verl_inf_evolve.utils.benchmarks.verifiers import bbeh_open, hmmt
+    src = (checkout / OC_PATCH).read_text()
+    fn = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "humaneval_extract_code")
+    fn.decorator_list = []
+    space = {"re": __import__("re")}
+    exec(compile(ast.Module([fn], []), OC_PATCH, "exec"), space)
+    return medqa_prompting, bbeh_prompting, bbeh_open, hmmt, space["humaneval_extract_code"]
+
+
 def report(name, cases, pairs):
     diffs = [(c, a, b) for c, (a, b) in zip(cases, pairs) if a != b]
     print(f"{name}: {len(cases)} cases, {len(diffs)} differ")
@@ -80,6 +101,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkout", type=Path)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--opencompass", type=Path, default=None,
+                    help="a tree of open-compass/opencompass at tag 0.5.2 (the LiveCodeBench runner it ships)")
     args = ap.parse_args()
     QP, M, M5, MM, MV, AIME = official_modules(args.checkout)
     import evaluate as E
@@ -214,7 +237,141 @@ def main() -> None:
         at = meta.get("answer_type") or ""
         return MV.verify_math_answer(p, r["gold"], at), E.math_equal(p, r["gold"], answer_type=at)
     bad += report("answer-equivalence rows (official verify_math_answer vs math_equal)", eq, [pair(r) for r in eq])
+    bad += more_routes(args.checkout, M, rng, scale, rows)
+    if args.opencompass is not None:
+        bad += livecodebench_verdicts(args.opencompass)
+    else:
+        print("LiveCodeBench verdicts: skipped (give --opencompass PATH)")
     print(f"{bad} disagreements in all ({time.time() - t0:.0f} s)")
+
+
+def more_routes(checkout, M, rng, scale, rows) -> int:
+    """5. MedQA, 6. BBEH (both data_sources), 7. HMMT, 8. the HumanEval+ code extraction."""
+    import benchmarks as B
+    MQ, BB, BO, HM, HE = official_more(checkout)
+    bad = 0
+    ch = ["three", "Four", "five", "six"]
+    score = lambda ok: None if ok is None else (1.0 if ok else 0.0)
+
+    def official_medqa(resp, key):
+        pred = MQ.extract_medqa_choice(resp)
+        pred = pred if pred is not None else M.extract_boxed_answer(resp)
+        return None if pred is None else score(M.is_correct(pred, key))
+    bits = ["Answer: B", "answer:b", "The answer is (C)", "final answer is (D).", "Final Answer: a", "option (A)",
+            "choice c", "Choice: B", "\\boxed{B}", "\\boxed{c}", "\\boxed{42}", "\\boxed{", "}", " a ", " D ", "I ",
+            "between A and B", "Answers: E", "answer is E", "(B)", "\n", "optional", "choices", "\\boxed{\\text{D}}"]
+    cases = [("".join(rng.choice(bits) for _ in range(rng.randint(0, 5))), rng.choice("ABCD"))
+             for _ in range(4000 // scale)]
+    bad += report("MedQA", cases, [(official_medqa(r, k), B.grade(r, k, ch, source="medqa")) for r, k in cases])
+
+    def official_bbeh(resp, gold, src):
+        if src == "bbeh":
+            pred = BB.extract_bbeh_answer(resp)
+            pred = pred if pred is not None else M.extract_boxed_answer_general(resp)
+            return None if pred is None else score(M.is_correct_general(pred, gold))
+        return score(BO.verify(M.extract_boxed_answer_general(resp), gold))
+    golds = ["disproved", "proved", "2, 3, 4", "2,3,4", "25", "25.0", "(A)", "a", "'alpha'", "unknown", "[unknown]",
+             "Lola", "orange ball", "no, unknown, no", "1e3", "0.50", "Yes"]
+    frames = ["{a}", "\\boxed{{{a}}}", "\\boxed{{\\text{{{a}}}}}", "**Final Answer:** {a}", "### Final Answer\n{a}",
+              "Final Answer - {a}\n\nmore", "The answer is: {a}", "The final answer is **{a}**", "work\nAnswer: {a}",
+              "Answer: `{a}`:", "x Answer: {a}", "$\\boxed{{{a}}}$", "{a}?", "[{a}]", "{a}.", "Final Answer:\n\n{a}",
+              "\\texttt{{{a}}}", "The answer is {a}\nAnswer: {a}x"]
+    cases = [(rng.choice(frames).format(a=rng.choice(golds)) + rng.choice(["", "\n", "\n\nNote.", " "]),
+              rng.choice(golds), rng.choice(["bbeh", "bbeh_open"])) for _ in range(4000 // scale)]
+    bad += report("BBEH (bbeh and bbeh_open)", cases, [(official_bbeh(*c), B.grade(c[0], c[1], source=c[2]))
+                                                       for c in cases])
+
+    hm = []
+    for r in rng.sample(rows("math500_test.jsonl"), 40 // scale) + rows("aime2025.jsonl")[:20:scale]:
+        a = str(r["answer"])
+        wrong = rng.choice(["7", "\\frac{3}{4}", a + "1"])
+        hm += [(f, a) for f in (f"\\boxed{{{a}}}", f"\\boxed{{\\text{{{a}}}}}", f"\\boxed{{{wrong}}}", f"no box {a}",
+                                f"\\boxed{{{a}}} then \\boxed{{")]
+    bad += report("HMMT", hm, [(score(HM.verify(M.extract_boxed_answer_general(r), g)), B.grade(r, g, source="hmmt"))
+                               for r, g in hm])
+
+    pieces = ["```python\n", "```\n", "```", "def f(x):\n", "    return x\n", "  indented\n", "text ", "```py\n",
+              "\n", "``` python\n", "```python3\n"]
+    code = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) for _ in range(2000 // scale)]
+    bad += report("HumanEval+ code extraction (OpenCompass patch)", code,
+                  [(HE(t), B.code_answer(t, "humaneval_plus")) for t in code])
+    return bad
+
+
+# 9. LiveCodeBench: the reference runner's verdict (OpenCompass 0.5.2's testing_util.run_test, the module the
+# paper's code runs, with RuntimeModule.from_string as the paper's patch makes it: exec into a fresh module)
+# in a fresh process per case, against ours (run_program with benchmarks.lcb_test), on the same programs.
+RUNNER = """
+import json, sys, types
+sys.path.insert(0, sys.argv[1])
+class RuntimeModule:
+    @staticmethod
+    def from_string(name, doc, source):
+        mod = types.ModuleType(name)
+        exec(source, mod.__dict__)
+        return mod
+import testing_util
+testing_util.RuntimeModule = RuntimeModule
+case = json.loads(sys.stdin.read())
+res, _ = testing_util.run_test(case["sample"], test=case["code"], timeout=6)
+print("VERDICT", json.dumps(bool(res) and all(r > 0 for r in res)), flush=True)
+"""
+S = "class Solution:\n    def {}(self, {}):\n        return {}"
+LCB_PROBLEMS = [   # (fn_name or None, [(input, output)], programs)
+    (None, [("3\n", "6\n"), ("21\n", "42\n")],
+     ["n = int(input())\nprint(2 * n)", "n = int(input())\nprint(2 * n, ' ')", "print(int(input()) * 2)\nprint()",
+      "n = int(input())\nprint(n)", "import sys\nprint(2 * int(sys.stdin.read()))",
+      "import sys\nprint(2 * int(sys.stdin.buffer.read()))", "print(2 * int(open(0).read()))",
+      "def main():\n    print(2 * int(input()))\nif __name__ == '__main__':\n    main()",
+      "n = int(input())\nprint(2 * n)\nexit()", "import sys\nn = int(input())\nprint(2 * n)\nsys.exit(0)",
+      "n = int(input())\nm = int(input())\nprint(2 * n)", "import sys\nfor line in sys.stdin:\n    print(2 * int(line))",
+      "n = int(input())\nprint(f'{2 * n}.0')", "print(2 * int(input()) + 1)", "raise ValueError('x')",
+      "x = \"\"\"a\nb\"\"\"\nprint(2 * int(input()))", "import math\nprint(math.prod([2, int(input())]))"]),
+    (None, [("1 3\n", "0.333333\n"), ("2 3\n", "0.666667\n")],
+     ["a, b = map(int, input().split())\nprint(a / b)", "a, b = map(int, input().split())\nprint(f'{a / b:.6f}')",
+      "a, b = map(int, input().split())\nprint(f'{a / b:.2f}')", "a, b = map(int, input().split())\nprint(round(a / b, 5))"]),
+    (None, [("3\n1 2 3\n", "1\n2\n3\n"), ("2\n5 4\n", "5\n4\n")],
+     ["input()\nprint(*input().split(), sep='\\n')", "input()\nprint(' '.join(input().split()))",
+      "input()\nfor x in input().split():\n    print(x, end=' \\n')", "input()\nprint(*input().split()[::-1], sep='\\n')",
+      "input()\nfor x in input().split():\n    print(x)\n    print()"]),
+    (None, [("2\n", "YES\nNO\n")],
+     ["input()\nprint('YES')\nprint('NO')", "input()\nprint('YES\\n\\nNO')", "input()\nprint('yes\\nno')",
+      "input()\nprint('YES NO')", "input()\nprint('  YES\\nNO  ')"]),
+    ("add", [("1\n2", "3"), ("-4\n9", "5")],
+     [S.format("add", "a, b", "a + b"), "def add(a, b):\n    return a + b", S.format("add", "a, b", "float(a + b)"),
+      S.format("add", "a, b", "str(a + b)"), S.format("plus", "a, b", "a + b"), S.format("add", "a, b", "{a + b}"),
+      "class Solution:\n    def add(self, a, b):\n        exit()"]),
+    ("pairs", [("[1, 2, 3]", "[[1, 2], [2, 3]]")],
+     [S.format("pairs", "xs", "[[a, b] for a, b in zip(xs, xs[1:])]"),
+      S.format("pairs", "xs", "[(a, b) for a, b in zip(xs, xs[1:])]"),
+      S.format("pairs", "xs", "tuple([a, b] for a, b in zip(xs, xs[1:]))"), S.format("pairs", "xs", "[[1, 2]]")]),
+    ("first", [("[[5, 6], [7]]", "[5, 6]")],
+     [S.format("first", "xs", "xs[0]"), S.format("first", "xs", "(5, 6)"), S.format("first", "xs", "[xs[0]]")]),
+    ("keys", [('{"1": "a", "2": "b"}', '{"1": 2}')],
+     [S.format("keys", "d", "{1: len(d)}"), S.format("keys", "d", "{'1': len(d)}"), S.format("keys", "d", "sorted(d)")]),
+]
+
+
+def livecodebench_verdicts(oc_tree: Path) -> int:
+    import subprocess
+    import benchmarks as B
+    where = oc_tree / "opencompass/datasets/livecodebench"
+    if not (where / "testing_util.py").is_file():
+        sys.exit(f"{oc_tree}: no opencompass/datasets/livecodebench/testing_util.py there")
+
+    def official(fn, tests, code):
+        sample = {"input_output": json.dumps({"inputs": [i for i, _ in tests], "outputs": [o for _, o in tests],
+                                               "fn_name": fn})}
+        try:
+            out = subprocess.run([sys.executable, "-c", RUNNER, str(where)], input=json.dumps(
+                {"sample": sample, "code": code}), capture_output=True, text=True, timeout=7 * len(tests) + 5)
+        except subprocess.TimeoutExpired:
+            return False
+        lines = [line for line in out.stdout.splitlines() if line.startswith("VERDICT ")]
+        return json.loads(lines[-1].split(" ", 1)[1]) if lines else False
+    cases = [(fn, tests, code) for fn, tests, programs in LCB_PROBLEMS for code in programs]
+    pairs = [(official(*c), B.run_program(f"_SOLUTION = {c[2]!r}\n", B.lcb_test(c[1], c[0]))) for c in cases]
+    return report("LiveCodeBench verdicts (reference runner vs run_program)", cases, pairs)
 
 
 if __name__ == "__main__":
