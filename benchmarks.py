@@ -437,6 +437,70 @@ for _inp, _exp in _CASES:
 """
 
 
+# HumanEval+ rows as EvalPlus releases them (base_input, plus_input, atol, canonical_solution): EvalPlus's
+# own check (`untrusted_check`, evalplus 0.3.1), in our words: the expected outputs are the reference
+# solution's on deep copies of the inputs; each output must equal them, except find_zero (|poly(x)| <= atol)
+# and, for floats (atol 1e-6 when the row's is 0, from the first float output on), the same type and length
+# and every element within atol + 1e-7 |expected|. The base inputs, then the plus inputs; both must pass.
+# EvalPlus 0.3.1 never passes find_zero (HumanEval/32): its special oracle skips the count of checked
+# inputs, so the check ends "fail"; the paper's numbers were graded so. FIND_ZERO_AS_EVALPLUS keeps that
+# (True); False grades find_zero by its oracle alone.
+FIND_ZERO_AS_EVALPLUS = True
+HEP_HARNESS = """
+import copy as _copy, json as _json, math as _math
+_REF_NS = {}
+exec(compile(_REFERENCE, "reference.py", "exec"), _REF_NS)
+_ref, _cand = _REF_NS[_ENTRY], globals()[_ENTRY]
+
+
+def _is_floats(x):
+    return isinstance(x, float) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(i, float) for i in x))
+
+
+def _flat(x):
+    if isinstance(x, (list, tuple)):
+        return [y for e in x for y in _flat(e)]
+    return [x]
+
+
+def _close(out, exp, atol):
+    a, b = _flat(out), _flat(exp)
+    if len(a) != len(b) or any(isinstance(v, (str, bytes)) or v is None for v in a + b):
+        return False
+    return all(abs(x - y) <= atol + 1e-7 * abs(y) if not (_math.isinf(x) or _math.isinf(y)) else x == y
+               for x, y in zip(a, b))
+
+
+for _inputs in (_json.loads(_BASE), _json.loads(_PLUS)):
+    _expected = [_ref(*_copy.deepcopy(i)) for i in _inputs]
+    _atol = _ATOL
+    for _inp, _exp in zip(_inputs, _expected):
+        _out = _cand(*_inp)
+        if _ENTRY == "find_zero":
+            assert not _FIND_ZERO_AS_EVALPLUS
+            assert abs(sum(c * _math.pow(_out, k) for k, c in enumerate(_inp[0]))) <= _atol
+            continue
+        _same = _out == _exp
+        if _atol == 0 and _is_floats(_exp):
+            _atol = 1e-6
+        if not _same and _atol != 0:
+            assert type(_out) == type(_exp)
+            if isinstance(_exp, (list, tuple)):
+                assert len(_out) == len(_exp)
+            assert _close(_out, _exp, _atol)
+        else:
+            assert _same
+"""
+
+
+def humaneval_plus_test(row: dict) -> str:
+    """The test program of an EvalPlus HumanEval+ row (the candidate is defined above it)."""
+    reference = row["prompt"] + row.get("canonical_solution", row.get("reference", ""))
+    return (f"_REFERENCE = {reference!r}\n_ENTRY = {row['entry_point']!r}\n_ATOL = {float(row.get('atol') or 0)!r}\n"
+            f"_BASE = {json.dumps(row['base_input'])!r}\n_PLUS = {json.dumps(row.get('plus_input') or [])!r}\n"
+            f"_FIND_ZERO_AS_EVALPLUS = {FIND_ZERO_AS_EVALPLUS!r}\n" + HEP_HARNESS)
+
+
 def lcb_test(cases: list[tuple[str, str]], fn_name: str | None) -> str:
     """The test program of a LiveCodeBench problem (the solution comes as `_SOLUTION`, see code_grade)."""
     return ("_CASES = []\n" + "".join(f"_CASES.append(({i!r}, {o!r}))\n" for i, o in cases)
@@ -720,9 +784,11 @@ def _olympiad_domain(row: dict) -> str:
 
 
 def _humaneval(row: dict, i: int) -> Item:
-    """HumanEval / HumanEval+ rows (task_id, prompt, test with check(candidate), entry_point): the answer
-    is the test program, the problem's prompt is the program's head."""
-    test = f"{row['test']}\ncheck({row['entry_point']})\n"
+    """HumanEval / HumanEval+ rows: the answer is the test program, the problem's prompt is the program's
+    head. Rows with EvalPlus's inputs (base_input, plus_input: the release file) get EvalPlus's check
+    (humaneval_plus_test); rows with a `test` program (check(candidate): HumanEval, the hub copy) run it."""
+    test = (humaneval_plus_test(row) if "base_input" in row
+            else f"{row['test']}\ncheck({row['entry_point']})\n")
     return Item(str(row["task_id"]), row["prompt"], None, test, "code",
                 {"prompt": row["prompt"], "entry_point": row["entry_point"]})
 

