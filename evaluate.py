@@ -213,13 +213,16 @@ def _resolve_model(name: str) -> str:
     return str(path)
 
 
-def _build_engine(args):
-    """rollout's engine for --engine (HF generate by default, vLLM on a GPU machine)."""
+def _build_engine(args, max_new_tokens: int = 8192, world: int = 1):
+    """rollout's engine for --engine (HF generate by default; vLLM on GPU machines: one engine per rank
+    under torchrun, as in training, room for a 4,096-token prompt and the longest answer)."""
     import rollout
     model = _resolve_model(args.model)
     if args.engine == "vllm":
         import vllm_engine
-        return vllm_engine.VLLMEngine(str(model), dtype=args.dtype, seed=args.seed)
+        return vllm_engine.VLLMEngine(str(model), dtype=args.dtype, seed=args.seed, gpu_memory_utilization=0.85,
+                                      max_model_len=4096 + max_new_tokens,
+                                      **vllm_engine.VLLMEngine.torchrun_args(world))
     device = "cuda" if _cuda_available() else "cpu"
     net, tokenizer = rollout.load_model(model, dtype=args.dtype, gguf_file=args.gguf_file, device=device)
     return rollout.HFEngine(net, tokenizer, progress=False)
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import rollout
     try:
-        engine = _build_engine(args)
+        longest = args.max_new_tokens or max(BENCHMARKS[b].max_new_tokens for b in data)
+        engine = _build_engine(args, longest, world)
     except (OSError, ValueError, ImportError) as e:
         sys.exit(f"error: {e}")
     report = {"settings": {**settings, "data_dir": args.data_dir or os.environ.get("INFUSER_DATA_DIR"),
@@ -327,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_table(report["results"], args.compare, missing))
         if args.out:
             print(f"report: {args.out}")
+    if hasattr(engine, "close"):
+        engine.close()                     # vLLM's process groups go before torch.distributed's
     _close_ranks()
     return report
 

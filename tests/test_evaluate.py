@@ -506,7 +506,7 @@ def test_cli_end_to_end_with_fake_engine(tmp_path, monkeypatch, capsys):
     answers.update({it.question.strip(): f"\\boxed{{{it.answer}}}"
                     for it in E.load_benchmark("mmlu_pro", DATA, limit=3)})
     eng = FakeEngine({q: [a] for q, a in answers.items()})
-    monkeypatch.setattr(E, "_build_engine", lambda args: eng)
+    monkeypatch.setattr(E, "_build_engine", lambda *a: eng)
     out = tmp_path / "res.json"
     E.main(["--model", "fake", "--benchmark", "gsm8k,mmlu_pro", "--limit", "3", "--data-dir", DATA,
             "--out", str(out), "--quiet"])
