@@ -359,6 +359,56 @@ def solver_response(question: str, choices: list[str], rng: random.Random, mode:
     return f"{text}{read} \\boxed{{{letter}}}"
 
 
+# Worked solutions for supervised fine-tuning (forks/cot_selection.py): two-step questions with their
+# solver trace, a known share of them flawed in the world's typical ways. Nothing here is used by the
+# default world or the anchor.
+COT_FLAWS = ("half", "flip", "slip", "letter")      # stopped after one step, flipped operation, arithmetic
+                                                    # slip in the second step, right working but wrong letter
+
+
+def cot_example(f: Farmer, rng: random.Random, flaw: str | None = None) -> dict:
+    """{question, choices, answer (the key letter), response, flaw}: the solver's worked solution of the
+    two-step question about `f` -- correct when flaw is None, else with that flaw (COT_FLAWS)."""
+    item = mcq_item(f, rng, "")
+    q, choices = item["question"], item["choices"]
+    if flaw in (None, "half", "flip"):
+        response = solver_response(q, choices, rng, mode=flaw or "correct")
+    elif flaw == "slip":                            # the second step's result off by 1-3, then read as usual
+        text, value = working(f.a, f.verb1, f.b, f.verb2, f.c, "correct")
+        wrong = value + rng.choice([-3, -2, -1, 1, 2, 3])
+        text = text.replace(f"={value}.", f"={wrong}.").replace(f"So {value}.", f"So {wrong}.")
+        letters = "ABCD"
+        k = choices.index(str(wrong)) if str(wrong) in choices else len(choices) - 1
+        read = "".join(f"\n{letters[i]}) {choices[i]}" for i in range(k + 1))
+        letter = letters[k] if str(wrong) in choices else rng.choice([x for x in letters if x != item["answer"]])
+        response = f"{text}{read} \\boxed{{{letter}}}"
+    elif flaw == "letter":                          # the right working, then another letter boxed
+        right = solver_response(q, choices, rng, mode="correct")
+        other = rng.choice([x for x in "ABCD" if x != item["answer"]])
+        response = right[:right.rindex("\\boxed{")] + f"\\boxed{{{other}}}"
+    else:
+        raise ValueError(f"unknown flaw {flaw!r}; choose one of {COT_FLAWS}")
+    return {**item, "response": response, "flaw": flaw}
+
+
+def cot_pool(seed: int = 0, n: int = 800, flawed_share: float = 0.15, exclude: set[str] = frozenset()) -> list[dict]:
+    """n worked solutions to distinct two-step questions none of which is in `exclude`; round(n * share) of
+    them flawed, the flaws in turn (COT_FLAWS), at random positions. Deterministic in `seed`."""
+    rng = random.Random(f"toy-cot:{seed}")
+    n_bad = round(n * flawed_share)
+    flaws = [COT_FLAWS[i % len(COT_FLAWS)] for i in range(n_bad)] + [None] * (n - n_bad)
+    rng.shuffle(flaws)
+    out, seen = [], set(exclude)
+    while len(out) < n:
+        f = random_farmer(rng)
+        q = two_step_question(f)
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append({**cot_example(f, rng, flaws[len(out)]), "id": f"cot{len(out):04d}"})
+    return out
+
+
 def solver_question(rng: random.Random) -> tuple[str, list[str]]:
     """A question as the solver sees it in pretraining: mostly two-step, some look-ups, choices shuffled."""
     f = random_farmer(rng)

@@ -292,3 +292,75 @@ def test_sliced_temporaries_match_per_question_loop(mode, monkeypatch):
     monkeypatch.setattr(influence, "TEMP_ELEMENTS", 300)
     fast = influence.influence_scores(model, opt, dev, gen, mode=mode, chunk_questions=3)
     assert rel_err(fast, reference_scores(model, opt, dev, gen, mode=mode)) <= F32
+
+
+# ---------------------------------------------------------------- any per-example loss (forks) -------
+
+def _sft_examples(n, seed, vocab=512, t=12, plen=4):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(plen + 2, t + 1, (1,), generator=gen))
+        ids = torch.randint(1, vocab, (length,), generator=gen)
+        rm = (torch.arange(length) >= plen).float()
+        out.append({"input_ids": ids, "response_mask": rm})
+    return out
+
+
+@pytest.mark.parametrize("mode", influence.MODES)
+def test_example_scores_match_a_float64_loop(mode):
+    """influence.example_scores (SFT cross-entropy per example) against an independent float64 loop: log-softmax
+    by hand, autograd per example, AdamW's preconditioner written out from the optimizer's state."""
+    model, opt, dev, _ = make(False, True, True, torch.float64)
+    train, queries = _sft_examples(6, 1), _sft_examples(3, 2)
+    query_loss = lambda: sum(influence.sft_loss(model, q) for q in queries)
+    query = influence.loss_gradient(model, query_loss)
+    got = influence.example_scores(model, opt, train, influence.sft_loss, query, mode=mode)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def nll(ex):
+        ids = ex["input_ids"][None]
+        logp = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0, :-1]
+        tok = logp.gather(-1, ids[0, 1:, None])[:, 0]
+        rm = ex["response_mask"][1:].double()
+        return -(tok * rm).sum() / rm.sum()
+    qg = torch.autograd.grad(sum(nll(q) for q in queries), params)
+    want = []
+    for ex in train:
+        g = torch.autograd.grad(nll(ex), params)
+        dot = nrm = qn = 0.0
+        for p, gp, qp in zip(params, g, qg):
+            u = gp
+            if mode.startswith("preconditioned"):
+                st, grp = opt.state[p], opt.param_groups[0]
+                b2, eps, t = grp["betas"][1], grp["eps"], float(st["step"]) + 1
+                u = gp / (torch.sqrt((b2 * st["exp_avg_sq"] + (1 - b2) * gp * gp) / (1 - b2 ** t)) + eps)
+            dot, nrm, qn = dot + (u * qp).sum(), nrm + (u * u).sum(), qn + (qp * qp).sum()
+        want.append(float(dot if mode.endswith("dot") else dot / (nrm.sqrt() * qn.sqrt())))
+    assert got.dtype == torch.float64 and (got != 0).all()
+    assert rel_err(got, torch.tensor(want, dtype=torch.float64)) <= F64
+
+
+def test_example_score_sign_is_the_first_order_change_of_the_query_loss():
+    """A small SGD step on one example lowers the query loss when its "dot" score is positive (and raises it
+    when negative): the scores order the measured changes."""
+    import copy
+    model, opt, _, _ = make(False, True, True, torch.float64)
+    train, queries = _sft_examples(8, 3), _sft_examples(4, 4)
+    qloss = lambda m: sum(influence.sft_loss(m, q) for q in queries)
+    scores = influence.example_scores(model, opt, train, influence.sft_loss, influence.loss_gradient(
+        model, lambda: qloss(model)), mode="dot")
+    base = qloss(model).item()
+    change = []
+    for ex in train:
+        m2 = copy.deepcopy(model)
+        g = torch.autograd.grad(influence.sft_loss(m2, ex), list(m2.parameters()), allow_unused=True)
+        with torch.no_grad():
+            for p, gp in zip(m2.parameters(), g):
+                if gp is not None:
+                    p -= 1e-4 * gp
+        change.append(qloss(m2).item() - base)
+    change = torch.tensor(change, dtype=torch.float64)
+    assert torch.equal(torch.sign(change), -torch.sign(scores))
+    assert (change.argsort() == (-scores).argsort()).all()
