@@ -34,8 +34,8 @@ citable reimplementation, arXiv 2601.14249 App. B.3) or [ours]; every unknown is
      the anchor, round-robin over queries), and the rank-surprisal ratio of 2601.14249 [reimpl] (drop the
      highest RSR).
 
-KNOWN GAPS (this file is a first step): the kronfluence estimator, the out-of-distribution test, the s_C-s_I
-scatter PNG and docs/cot_selection.md are not built; the full run has not been made, so no verdict exists.
+KNOWN GAPS: the kronfluence estimator and an out-of-distribution test are not built. Results and verdicts:
+docs/cot_selection.md.
 """
 from __future__ import annotations
 
@@ -280,10 +280,18 @@ def run_seed(seed: int, s: Settings, out: Path) -> dict:
     return res
 
 
+def bootstrap_ci(diffs: list[float], n: int = 10_000) -> tuple[float, float]:
+    """95% percentile interval of the mean of the per-seed differences, seeds resampled with replacement."""
+    rng = random.Random(0)
+    means = sorted(statistics.mean(rng.choices(diffs, k=len(diffs))) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
 def report(results: list[dict], s: Settings) -> str:
     """Held-out accuracy per method as the mean over seeds, and its difference from random at the same ratio
-    (each seed paired with its own random draws' mean); flaw precision / recall of the dropped examples."""
-    lines = ["| method | ratio | test acc | Δ vs random (per seed) | flaw precision | flaw recall |",
+    (each seed paired with its own random draws' mean: mean, bootstrap 95% interval, per seed); flaw
+    precision / recall of the dropped examples."""
+    lines = ["| method | ratio | test acc | Δ vs random: mean [95% interval] (per seed) | flaw precision | flaw recall |",
              "|---|---|---|---|---|---|"]
     for ratio in s.ratios:
         rand = [statistics.mean(r["runs"][f"random/{ratio}/{d}"]["test_acc"] for d in range(s.random_draws))
@@ -294,15 +302,39 @@ def report(results: list[dict], s: Settings) -> str:
             accs = [r["runs"][m]["test_acc"] for r in results]
             d = [a - b for a, b in zip(accs, rand)]
             label = "/".join(m.split("/")[:2]) if m.split("/")[0] in ESTIMATORS else m.split("/")[0]
-            lines.append(f"| {label} "
-                         f"| {ratio} | {statistics.mean(accs):.3f} | {', '.join(f'{x:+.3f}' for x in d)} "
+            label = "random (draw 0)" if label == "random" else label
+            lo, hi = bootstrap_ci(d)
+            lines.append(f"| {label} | {ratio} | {statistics.mean(accs):.3f} | {statistics.mean(d):+.3f} "
+                         f"[{lo:+.3f}, {hi:+.3f}] ({', '.join(f'{x:+.3f}' for x in d)}) "
                          f"| {statistics.mean(r['runs'][m]['flaw_precision'] for r in results):.2f} "
                          f"| {statistics.mean(r['runs'][m]['flaw_recall'] for r in results):.2f} |")
     full = statistics.mean(r["full_test_acc"] for r in results)
     cost = {e: statistics.mean(r["cost_vs_epoch"][e] for r in results) for e in ESTIMATORS}
-    lines += ["", f"full pool: test acc {full:.3f}; estimator cost in SFT epochs: "
-              + ", ".join(f"{e} {c:.1f}" for e, c in cost.items())]
+    lines += ["", f"full pool: test acc {full:.3f}; anchor / theta* on the query set (greedy): "
+              + ", ".join(f"{r['anchor_query_acc']:.3f} / {r['star_query_acc']:.3f}" for r in results)
+              + "; |C|, |I| per seed: " + ", ".join(str(tuple(r["C_I_adam"])) for r in results)
+              + "; estimator cost in SFT epochs (CPU time): " + ", ".join(f"{e} {c:.1f}" for e, c in cost.items())]
     return "\n".join(lines)
+
+
+def scatter(result: dict, path: Path, est: str = "adam") -> None:
+    """s_C against s_I for every pool example of one seed, the planted flawed traces marked (Figure 1's view)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sc, si = result["scores"][est]["s_C"], result["scores"][est]["s_I"]
+    bad = set(result["flawed"])
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for flag, color, name in ((False, "tab:blue", "clean"), (True, "tab:red", "planted flaw")):
+        idx = [i for i in range(len(sc)) if (i in bad) == flag]
+        ax.scatter([sc[i] for i in idx], [si[i] for i in idx], s=8, c=color, alpha=0.6, label=name)
+    ax.set_xlabel("s_C (influence on the questions SFT fixed; + helpful)")
+    ax.set_ylabel("s_I (on those it broke; + helpful)")
+    ax.set_title(f"seed {result['seed']}, {est}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -319,6 +351,7 @@ def main(argv=None) -> dict:
                for k in s.seeds]
     text = report(results, s)
     (out / "results.md").write_text(text + "\n")
+    scatter(results[0], out / "scatter.png")
     print(text)
     return {"results": results, "report": text}
 
