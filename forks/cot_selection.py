@@ -24,8 +24,9 @@ citable reimplementation, arXiv 2601.14249 App. B.3) or [ours]; every unknown is
      scores enter the pruning; percentile form inferred].
      Estimators: "adam" -- the project's optimizer-aware score, influence.example_scores in
      preconditioned_cosine mode with v from theta*'s AdamW [ours]; "dot" -- a plain gradient dot product, no
-     curvature [ours: the ablation]; "kronfluence" -- EK-FAC [reimpl] (optional; not built yet, see
-     KNOWN GAPS).
+     curvature [ours: the ablation]; "kronfluence" -- EK-FAC [reimpl], run when kronfluence 1.0.1 is
+     importable (an optional extra, never a dependency: `pip install --no-deps kronfluence==1.0.1 einops
+     einconv opt-einsum`), every Linear module tracked, damping KRON_DAMPING, rank-4 query gradients.
   5. Pruning [paper / third-party]: "correct" drops the least beneficial (lowest s_C), "incorrect" the most
      harmful (lowest s_I), "combined" half the budget each [inferred], at ratios 10% and 50% [paper].
   6. Retrain from the anchor on each kept set with the same recipe; held-out accuracy (greedy) [ours].
@@ -34,8 +35,8 @@ citable reimplementation, arXiv 2601.14249 App. B.3) or [ours]; every unknown is
      the anchor, round-robin over queries), and the rank-surprisal ratio of 2601.14249 [reimpl] (drop the
      highest RSR).
 
-KNOWN GAPS: the kronfluence estimator and an out-of-distribution test are not built. Results and verdicts:
-docs/cot_selection.md.
+KNOWN GAP: no out-of-distribution test (the anchor never saw three-step working, so every model would score
+near chance on it). Results and verdicts: docs/cot_selection.md.
 """
 from __future__ import annotations
 
@@ -59,7 +60,15 @@ import toy  # noqa: E402
 from grading import mcq_letter, solver_messages  # noqa: E402
 from rollout import HFEngine, SamplingParams  # noqa: E402
 
-ESTIMATORS = ("adam", "dot")
+ESTIMATORS = ("adam", "dot")          # + "kronfluence" when it is importable (kronfluence_available)
+KRON_DAMPING = 1e-3                    # EK-FAC damping (kronfluence's damping_factor) [ours]
+KRON_QUERY_RANK = 4                    # low-rank query gradients [reimpl]
+
+
+def kronfluence_available() -> bool:
+    """kronfluence 1.0.1 is an optional extra: pip install --no-deps kronfluence==1.0.1 einops einconv opt-einsum."""
+    import importlib.util
+    return importlib.util.find_spec("kronfluence") is not None
 RULES = ("correct", "incorrect", "combined")
 BASELINES = ("random", "perplexity", "embedding", "rsr")
 
@@ -78,6 +87,7 @@ class Settings:
     random_draws: int = 3
     query_answer: str = "own"      # the query loss: theta*'s own greedy answer, or "reference"
     reduction: str = "mean"        # per-example loss: mean over response tokens [ours] or "sum" (kronfluence)
+    combined: str = "split"        # Combined: half the budget by each score [inferred], or "mean_rank"
 
 
 QUICK = Settings(pool=48, queries=16, test=24, epochs=1, batch=16, ratios=(0.5,), seeds=(1,), random_draws=1)
@@ -141,6 +151,11 @@ def influence_scores(star, opt, tok, pool_ex, queries, base_right, star_right, s
     """(s_C, s_I, C, I) for every pool example, by estimator `est` (module docstring, steps 3-4)."""
     C = [i for i, (b, t) in enumerate(zip(base_right, star_right)) if not b and t]
     I_ = [i for i, (b, t) in enumerate(zip(base_right, star_right)) if b and not t]
+    if est == "kronfluence":
+        q_ex = lambda idx: [encode(tok, queries[i], star_text[i] if s.query_answer == "own" else toy.solver_response(
+            queries[i]["question"], queries[i]["choices"], random.Random(i), "correct")) for i in idx]
+        s_c, s_i = kronfluence_scores(star, pool_ex, q_ex(C), q_ex(I_), s)
+        return s_c, s_i, C, I_
     mode = {"adam": "preconditioned_cosine", "dot": "dot"}[est]
 
     def query_of(idx):
@@ -158,13 +173,70 @@ def influence_scores(star, opt, tok, pool_ex, queries, base_right, star_right, s
     return out[0], out[1], C, I_
 
 
+def kronfluence_scores(star, pool_ex, c_ex, i_ex, s: Settings):
+    """(s_C, s_I) by EK-FAC [reimpl: kronfluence, factors fitted on the pool at theta*, rank-4 query gradients,
+    s(d) = the mean of d's pairwise scores over the query set]: every Linear module tracked (kronfluence's
+    default), the empirical Fisher, damping KRON_DAMPING [ours], the per-example loss as for the other
+    estimators. kronfluence's score is grad f_q^T (G + lambda I)^-1 grad l_d with f_q the query loss, so a
+    positive score is helpful; s_I is minus it (theta*'s own answers on I are wrong), as for the others."""
+    import tempfile
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.task import Task
+    from kronfluence.utils.dataset import DataLoaderKwargs
+
+    class SFTTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            return batch_loss(model, batch, s.reduction) * len(batch)
+
+        def compute_measurement(self, batch, model):
+            return batch_loss(model, batch, s.reduction) * len(batch)
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, rows):
+            self.rows = rows
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            return self.rows[i]
+    task = SFTTask()
+    model = prepare_model(copy.deepcopy(star).float().eval(), task)
+    with tempfile.TemporaryDirectory() as tmp:
+        an = Analyzer(analysis_name="cot", model=model, task=task, cpu=True, output_dir=tmp, disable_tqdm=True)
+        kw = DataLoaderKwargs(collate_fn=list)
+        an.fit_all_factors("ekfac", Rows(pool_ex), per_device_batch_size=s.batch, dataloader_kwargs=kw,
+                           factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=True),
+                           overwrite_output_dir=True)
+        out = []
+        for q, sign in ((c_ex, 1.0), (i_ex, -1.0)):
+            if not q:
+                out.append(torch.zeros(len(pool_ex), dtype=torch.float64))
+                continue
+            name = "C" if sign > 0 else "I"
+            an.compute_pairwise_scores(name, "ekfac", Rows(q), Rows(pool_ex), per_device_query_batch_size=len(q),
+                                       per_device_train_batch_size=s.batch, dataloader_kwargs=kw,
+                                       score_args=ScoreArguments(damping_factor=KRON_DAMPING,
+                                                                 query_gradient_low_rank=KRON_QUERY_RANK),
+                                       overwrite_output_dir=True)
+            pair = an.load_pairwise_scores(name)["all_modules"]                   # [queries, pool]
+            out.append(sign * pair.double().mean(0))
+    return out[0], out[1]
+
+
 def percentile(x: torch.Tensor) -> torch.Tensor:
     return x.argsort().argsort().double() / max(len(x) - 1, 1)
 
 
-def prune(s_c: torch.Tensor, s_i: torch.Tensor, rule: str, ratio: float) -> list[int]:
-    """Indices KEPT after dropping round(ratio * N) examples by `rule` (step 5)."""
+def prune(s_c: torch.Tensor, s_i: torch.Tensor, rule: str, ratio: float, combined: str = "split") -> list[int]:
+    """Indices KEPT after dropping round(ratio * N) examples by `rule` (step 5). Combined: half the budget by
+    each score ("split"), or the lowest mean rank score (r_C + r_I) / 2 ("mean_rank")."""
     n, k = len(s_c), round(ratio * len(s_c))
+    if rule == "combined" and combined == "mean_rank":
+        rule, s_c = "correct", (percentile(s_c) + percentile(s_i)) / 2
     if rule == "correct":
         drop = set(s_c.argsort()[:k].tolist())
     elif rule == "incorrect":
@@ -262,15 +334,16 @@ def run_seed(seed: int, s: Settings, out: Path) -> dict:
     star_right = [mcq_letter(t) == x["answer"] for t, x in zip(star_text, queries)]
     res.update(anchor_query_acc=base_acc, star_query_acc=sum(star_right) / len(queries), full_test_acc=full["test_acc"],
                epoch_cpu_s=epoch_cpu)
-    for est in ESTIMATORS:
+    for est in ESTIMATORS + (("kronfluence",) if kronfluence_available() else ()):
         t0 = time.process_time()
         s_c, s_i, C, I_ = influence_scores(star, opt, tok, pool_ex, queries, base_right, star_right, star_text, s, est)
         res.setdefault("cost_vs_epoch", {})[est] = (time.process_time() - t0) / max(epoch_cpu, 1e-9)
         res[f"C_I_{est}"] = [len(C), len(I_)]
-        res.setdefault("scores", {})[est] = {"s_C": s_c.tolist(), "s_I": s_i.tolist()}
+        res.setdefault("scores", {})[est] = {"s_C": s_c.tolist(), "s_I": s_i.tolist(),
+                                             "r_C": percentile(s_c).tolist(), "r_I": percentile(s_i).tolist()}
         for rule in RULES:
             for ratio in s.ratios:
-                trained(prune(s_c, s_i, rule, ratio), f"{est}/{rule}/{ratio}")
+                trained(prune(s_c, s_i, rule, ratio, s.combined), f"{est}/{rule}/{ratio}")
     for name in BASELINES:
         for ratio in s.ratios:
             for draw in range(s.random_draws if name == "random" else 1):
@@ -293,15 +366,16 @@ def report(results: list[dict], s: Settings) -> str:
     precision / recall of the dropped examples."""
     lines = ["| method | ratio | test acc | Δ vs random: mean [95% interval] (per seed) | flaw precision | flaw recall |",
              "|---|---|---|---|---|---|"]
+    ests = [e for e in (*ESTIMATORS, "kronfluence") if all(e in r["scores"] for r in results)]
     for ratio in s.ratios:
         rand = [statistics.mean(r["runs"][f"random/{ratio}/{d}"]["test_acc"] for d in range(s.random_draws))
                 for r in results]
-        methods = [f"{e}/{rule}/{ratio}" for e in ESTIMATORS for rule in RULES] + \
+        methods = [f"{e}/{rule}/{ratio}" for e in ests for rule in RULES] + \
                   [f"{b}/{ratio}/0" for b in BASELINES]
         for m in methods:
             accs = [r["runs"][m]["test_acc"] for r in results]
             d = [a - b for a, b in zip(accs, rand)]
-            label = "/".join(m.split("/")[:2]) if m.split("/")[0] in ESTIMATORS else m.split("/")[0]
+            label = "/".join(m.split("/")[:2]) if m.split("/")[0] in ests else m.split("/")[0]
             label = "random (draw 0)" if label == "random" else label
             lo, hi = bootstrap_ci(d)
             lines.append(f"| {label} | {ratio} | {statistics.mean(accs):.3f} | {statistics.mean(d):+.3f} "
@@ -309,7 +383,7 @@ def report(results: list[dict], s: Settings) -> str:
                          f"| {statistics.mean(r['runs'][m]['flaw_precision'] for r in results):.2f} "
                          f"| {statistics.mean(r['runs'][m]['flaw_recall'] for r in results):.2f} |")
     full = statistics.mean(r["full_test_acc"] for r in results)
-    cost = {e: statistics.mean(r["cost_vs_epoch"][e] for r in results) for e in ESTIMATORS}
+    cost = {e: statistics.mean(r["cost_vs_epoch"][e] for r in results) for e in ests}
     lines += ["", f"full pool: test acc {full:.3f}; anchor / theta* on the query set (greedy): "
               + ", ".join(f"{r['anchor_query_acc']:.3f} / {r['star_query_acc']:.3f}" for r in results)
               + "; |C|, |I| per seed: " + ", ".join(str(tuple(r["C_I_adam"])) for r in results)

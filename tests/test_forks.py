@@ -33,6 +33,8 @@ def test_pruning_rules_drop_what_they_say():
     assert CS.prune(s_c, s_i, "incorrect", 0.25) == [1, 2, 3, 4, 6, 7]      # the two lowest s_I go
     assert CS.prune(s_c, s_i, "combined", 0.5) == [2, 3, 4, 6]              # lowest s_C 1, 7; lowest s_I 0, 5
     assert CS.prune(s_c, s_i, "correct", 0.0) == list(range(8))
+    # mean rank (r_C + r_I) / 2, r = percentile in the pool: 5 -> 2/7, then 0, 1 and 4 -> 2.5/7 each go
+    assert CS.prune(s_c, s_i, "combined", 0.5, "mean_rank") == [2, 3, 6, 7]
 
 
 def test_quick_runs_every_path(tmp_path):
@@ -48,3 +50,16 @@ def test_quick_runs_every_path(tmp_path):
     assert "| adam/combined | 0.5 |" in out["report"]
     again = CS.main(["--quick", "--out", str(tmp_path), "--report-only"])               # from the files
     assert again["report"] == out["report"] and json.loads((tmp_path / "seed1.json").read_text())["runs"] == res["runs"]
+
+
+def test_quick_with_kronfluence(tmp_path):
+    """The EK-FAC estimator (kronfluence 1.0.1, an optional extra) on the quick path: every rule runs and its
+    scores are finite, one per pool example."""
+    import pytest
+    pytest.importorskip("kronfluence", reason="kronfluence is an optional extra (pip install --no-deps "
+                                              "kronfluence==1.0.1 einops einconv opt-einsum)")
+    import cot_selection as CS
+    (res,) = CS.main(["--quick", "--out", str(tmp_path)])["results"]
+    assert {f"kronfluence/{r}/0.5" for r in CS.RULES} <= set(res["runs"])
+    sc = torch.tensor(res["scores"]["kronfluence"]["s_C"])
+    assert len(sc) == 48 and torch.isfinite(sc).all() and sc.abs().max() > 0
