@@ -5,9 +5,9 @@ on the toy world, built on influence.py (imported, never copied).
     python forks/cot_selection.py --quick    # every path on a small pool, under a minute (a CI test)
     python forks/cot_selection.py --report-only
 
-What is known of the method and what is not: ../shared/papers/related.md (in the repository's words below).
-Every step is labelled [paper] (a readable part of the paper: abstract, figure captions), [reimpl] (the one
-citable reimplementation, arXiv 2601.14249 App. B.3) or [ours]; every unknown is a switch (Settings).
+No code of the paper is public and only its abstract and figure captions are readable, so every step is
+labelled [paper] (a readable part of the paper), [reimpl] (the one citable reimplementation, arXiv 2601.14249
+App. B.3), [inferred] (our reading where the sources are silent) or [ours]; every unknown is a switch (Settings).
 
   1. Data [ours]: toy.cot_pool -- worked solutions of two-step questions in the solver's format, a known share
      planted flawed in the world's typical ways (stopped after one step, flipped operation, arithmetic slip,
