@@ -921,6 +921,26 @@ def _to_items(bench: Benchmark, rows, where: Callable[[int], str]) -> list[Item]
     return items
 
 
+def hub_reachable() -> bool:
+    """Can the hub be asked at all? False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the hub's host
+    (HF_ENDPOINT's, default huggingface.co) does not resolve. Asked once per process."""
+    global _HUB
+    if _HUB is None:
+        from urllib.parse import urlparse
+        offline = any(os.environ.get(k, "0") not in ("", "0", "false", "False")
+                      for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+        try:
+            import socket
+            _HUB = not offline and bool(socket.getaddrinfo(host, 443))
+        except OSError:
+            _HUB = False
+    return _HUB
+
+
+_HUB: bool | None = None
+
+
 def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = None) -> list[Item]:
     """Items of a registered benchmark, in file order, the first `limit` of them. From
     `data_dir`/<file> when a data directory is given (argument, or $INFUSER_DATA_DIR); otherwise from the
@@ -943,6 +963,11 @@ def load_benchmark(name: str, data_dir: str | None = None, limit: int | None = N
         rows = rows[:limit] if limit is not None else rows
         return _to_items(bench, rows, lambda n: f"{path}:{n}")
     hub_id, config, split = bench.hub
+    if not hub_reachable():        # fail at once: offline, the hub client retries each file for half a minute
+        raise RuntimeError(
+            f"benchmark {name}: no --data-dir given (nor INFUSER_DATA_DIR), and the hub is not reachable from "
+            f"here (HF_HUB_OFFLINE is set, or its host does not resolve). Give --data-dir DIR with {bench.file} "
+            f"in it (fields as in the hub dataset {hub_id}).")
     try:
         import datasets
         ds = (datasets.load_dataset(hub_id, split=split, version_tag=config, trust_remote_code=True)

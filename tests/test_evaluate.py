@@ -397,6 +397,20 @@ class _FakeHubDataset(list):
         return _FakeHubDataset(self[i] for i in idx)
 
 
+def test_no_data_dir_and_no_hub_is_one_error_at_once(monkeypatch):
+    """Offline, the hub client retries every file for half a minute: the loader does not ask it at all."""
+    import time
+    bm = sys.modules["benchmarks"]
+    monkeypatch.delenv("INFUSER_DATA_DIR", raising=False)
+    monkeypatch.setattr(bm, "_HUB", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert bm.hub_reachable() is False
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="hub is not reachable.*medqa.jsonl"):
+        E.load_benchmark("medqa")
+    assert time.monotonic() - t < 5
+
+
 def test_hub_rows_convert_and_offline_error(monkeypatch):
     """Rows in the hub datasets' own field layout (no network: datasets.load_dataset is replaced)."""
     import types
@@ -420,6 +434,7 @@ def test_hub_rows_convert_and_offline_error(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     monkeypatch.delenv("INFUSER_DATA_DIR", raising=False)
+    monkeypatch.setattr(sys.modules["benchmarks"], "_HUB", True)            # the hub is "reachable" here
     assert E.load_benchmark("gsm8k")[0].answer == "1234"
     mp = E.load_benchmark("mmlu_pro", limit=1)[0]
     assert (mp.id, mp.answer, mp.kind, mp.meta["category"]) == ("7", "C", "mcq", "law")
