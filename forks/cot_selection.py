@@ -22,7 +22,7 @@ App. B.3), [inferred] (our reading where the sources are silent) or [ours]; ever
      the gradient of C's query loss; s_I = minus the score against I's (theta*'s own answers there are wrong:
      a d that makes them likelier is harmful). Rank scores r_C, r_I = d's percentile in the pool [paper: rank
      scores enter the pruning; percentile form inferred].
-     Estimators: "adam" -- the project's optimizer-aware score, influence.example_scores in
+     Estimators: "adam" -- the project's optimizer-aware score, example_influence.example_scores in
      preconditioned_cosine mode with v from theta*'s AdamW [ours]; "dot" -- a plain gradient dot product, no
      curvature [ours: the ablation]; "kronfluence" -- EK-FAC [reimpl], run when kronfluence 1.0.1 is
      importable (an optional extra, never a dependency: `pip install --no-deps kronfluence==1.0.1 einops
@@ -54,7 +54,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import influence  # noqa: E402
+import example_influence  # noqa: E402
 from dugrpo import token_logprobs  # noqa: E402
 import toy  # noqa: E402
 from grading import mcq_letter, solver_messages  # noqa: E402
@@ -103,7 +103,7 @@ def encode(tok, item: dict, response: str) -> dict:
 
 
 def batch_loss(model, batch: list[dict], reduction: str) -> torch.Tensor:
-    """The mean over `batch` of influence.sft_loss, in one padded forward."""
+    """The mean over `batch` of example_influence.sft_loss, in one padded forward."""
     t = max(len(ex["input_ids"]) for ex in batch)
     ids = torch.zeros(len(batch), t, dtype=torch.long)
     am, rm = torch.zeros(len(batch), t, dtype=torch.long), torch.zeros(len(batch), t)
@@ -163,13 +163,13 @@ def influence_scores(star, opt, tok, pool_ex, queries, base_right, star_right, s
             return None
         qs = [encode(tok, queries[i], star_text[i] if s.query_answer == "own" else toy.solver_response(
             queries[i]["question"], queries[i]["choices"], random.Random(i), "correct")) for i in idx]
-        return influence.loss_gradient(star, lambda: sum(influence.sft_loss(star, q, s.reduction) for q in qs))
-    loss = lambda m, ex: influence.sft_loss(m, ex, s.reduction)
+        return example_influence.loss_gradient(star, lambda: sum(example_influence.sft_loss(star, q, s.reduction) for q in qs))
+    loss = lambda m, ex: example_influence.sft_loss(m, ex, s.reduction)
     out = []
     for idx, sign in ((C, 1.0), (I_, -1.0)):
         q = query_of(idx)
         out.append(torch.zeros(len(pool_ex), dtype=torch.float64) if q is None
-                   else sign * influence.example_scores(star, opt, pool_ex, loss, q, mode=mode))
+                   else sign * example_influence.example_scores(star, opt, pool_ex, loss, q, mode=mode))
     return out[0], out[1], C, I_
 
 
@@ -257,7 +257,7 @@ def baseline_keep(name: str, anchor, pool_ex, query_ex, ratio: float, draw: int)
         return sorted(order[k:])
     with torch.no_grad():
         if name == "perplexity":
-            nll = torch.tensor([influence.sft_loss(anchor, ex).item() for ex in pool_ex])
+            nll = torch.tensor([example_influence.sft_loss(anchor, ex).item() for ex in pool_ex])
             far = (nll - nll.median()).abs()
             return sorted(far.argsort()[:n - k].tolist())
         if name == "rsr":

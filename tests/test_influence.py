@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import example_influence
 import influence
 from rollout import set_activation_checkpointing
 from influence_cases import build_case, fake_rollouts
@@ -312,13 +313,13 @@ def _sft_examples(n, seed, vocab=512, t=12, plen=4):
 
 @pytest.mark.parametrize("mode", influence.MODES)
 def test_example_scores_match_a_float64_loop(mode):
-    """influence.example_scores (SFT cross-entropy per example) against an independent float64 loop: log-softmax
+    """example_influence.example_scores (SFT cross-entropy per example) against an independent float64 loop: log-softmax
     by hand, autograd per example, AdamW's preconditioner written out from the optimizer's state."""
     model, opt, dev, _ = make(False, True, True, torch.float64)
     train, queries = _sft_examples(6, 1), _sft_examples(3, 2)
-    query_loss = lambda: sum(influence.sft_loss(model, q) for q in queries)
-    query = influence.loss_gradient(model, query_loss)
-    got = influence.example_scores(model, opt, train, influence.sft_loss, query, mode=mode)
+    query_loss = lambda: sum(example_influence.sft_loss(model, q) for q in queries)
+    query = example_influence.loss_gradient(model, query_loss)
+    got = example_influence.example_scores(model, opt, train, example_influence.sft_loss, query, mode=mode)
 
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -351,14 +352,14 @@ def test_example_score_sign_is_the_first_order_change_of_the_query_loss():
     import copy
     model, opt, _, _ = make(False, True, True, torch.float64)
     train, queries = _sft_examples(8, 3), _sft_examples(4, 4)
-    qloss = lambda m: sum(influence.sft_loss(m, q) for q in queries)
-    scores = influence.example_scores(model, opt, train, influence.sft_loss, influence.loss_gradient(
+    qloss = lambda m: sum(example_influence.sft_loss(m, q) for q in queries)
+    scores = example_influence.example_scores(model, opt, train, example_influence.sft_loss, example_influence.loss_gradient(
         model, lambda: qloss(model)), mode="dot")
     base = qloss(model).item()
     change = []
     for ex in train:
         m2 = copy.deepcopy(model)
-        g = torch.autograd.grad(influence.sft_loss(m2, ex), list(m2.parameters()), allow_unused=True)
+        g = torch.autograd.grad(example_influence.sft_loss(m2, ex), list(m2.parameters()), allow_unused=True)
         with torch.no_grad():
             for p, gp in zip(m2.parameters(), g):
                 if gp is not None:

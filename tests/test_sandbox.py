@@ -89,7 +89,8 @@ def test_a_fork_bomb_is_capped_and_cleaned_up(runs):
 @as_root
 def test_files_outside_its_directory_are_out_of_reach(runs):
     assert sandbox._interpreter()[1], "as root, programs must run under a uid of their own"
-    shared = Path("/tmp") / f"infuser-canary-{os.getpid()}-{time.monotonic_ns()}"   # any uid reaches /tmp/x
+    # a folder in the system temp dir (world-traversable), not under pytest's tmp_path (mode 700)
+    shared = Path(tempfile.gettempdir()) / f"infuser-canary-{os.getpid()}-{time.monotonic_ns()}"
     shared.mkdir(mode=0o755)
     canary = shared / "canary.txt"
     canary.write_text("alive")
@@ -148,7 +149,7 @@ def test_killing_the_parent_fails_and_the_parent_goes_on(tmp_path):
 def test_guard_removes_the_obvious_tools(runs):
     for attack in ("import subprocess\nsubprocess.run(['true'])", "import socket", "import ctypes",
                    "import os\nos.system('true')", "import os\nos.kill(os.getpid(), 0)",
-                   "import shutil\nshutil.rmtree('/tmp/nothing-here')", "import multiprocessing"):
+                   "import shutil\nshutil.rmtree('nothing-here')", "import multiprocessing"):
         assert runs(attack) is False, attack
 
 
