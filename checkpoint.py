@@ -187,7 +187,7 @@ RUN_KEYS = ("preset", "seed", "model", "generator_model", "dtype", "documents", 
             "beta2", "adam_eps", "weight_decay", "grad_clip", "ppo_minibatch_groups", "ppo_epochs", "clip_low",
             "clip_high", "dual_clip", "tis_cap", "solver_normalization", "generator_normalization",
             "similarity_mode", "generator_reward", "gen_invalid_penalty", "solver_mid_eos_penalty", "fix_generator",
-            "fix_solver", "dev_only", "skip_dev_rollout")
+            "fix_solver", "dev_only", "skip_dev_rollout", "dedup_questions")
 
 
 def check_resume(path: Path, cfg: Config, world: int) -> dict:

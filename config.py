@@ -89,6 +89,13 @@ class Config:
     fix_solver: bool = False
     dev_only: bool = False
     skip_dev_rollout: bool = False
+    dedup_questions: bool = False                    # a question asked before gets the invalid-draft reward
+                                                     # (a departure: the paper has no such guard)
+    # alarms (diagnostics.py): one console line when a threshold is crossed, listed in summary.json
+    alarm_duplicate_rate: float = 0.5    # q_cross_doc_duplicate_rate above this
+    alarm_seen_rate: float = 0.5         # q_seen_rate above this
+    alarm_signal_rate: float = 0.1       # solver_signal_rate below this
+    alarm_test_drops: int = 3            # held-out accuracy lower at this many consecutive measurements (0 = off)
     # the memory plan (plan.py): print per-GPU peak memory per phase instead of training
     plan: bool = False
     plan_world_size: int = 8             # GPUs of the planned run (a fake process group of this size)
@@ -106,20 +113,21 @@ PRESETS: dict[str, dict] = {
                  test="", dev_limit=4, iterations=2, save_every=0, doc_batch_size=2, n_gen=2, n_solver=2,
                  gen_max_new_tokens=16, solver_max_new_tokens=8, max_prompt_tokens=8192, solver_lr=1e-3,
                  generator_lr=1e-3, ppo_minibatch_groups=2, micro_batch=4, progress=False),
-    # the paper recipes (algorithm.md §9): give --documents and --dev paths to the released data
+    # the paper recipes (algorithm.md §9): give --documents and --dev paths to the released data, and
+    # --test=A,B,... the benchmark mix to monitor (measured as the paper's recipes do: n=1, first, every 5, last)
     # Memory knobs (micro_batch, influence_tokens, activation_checkpointing, vllm share) are set so that
     # `python train.py --preset NAME --plan` fits (README "Memory plan"); they change no number of the
     # maths (micro-batches are gradient accumulation only; the paper's code uses 8 / 4 per GPU).
-    "qwen3-4b-base": dict(model="Qwen/Qwen3-4B-Base", documents="", dev="", test="", solver_lr=2e-6,
+    "qwen3-4b-base": dict(model="Qwen/Qwen3-4B-Base", documents="", dev="", test="", test_every=5, test_samples=1, solver_lr=2e-6,
                           generator_lr=6e-6, micro_batch=4, compute_dtype="bfloat16", engine="vllm",
                           iterations=100, save_every=5, activation_checkpointing=True, influence_tokens=24576,
                           influence_chunk=4, vllm_gpu_memory_utilization=0.5),
-    "qwen3-8b-base": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", solver_lr=2e-6,
+    "qwen3-8b-base": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", test_every=5, test_samples=1, solver_lr=2e-6,
                           generator_lr=4e-6, micro_batch=2, compute_dtype="bfloat16", engine="vllm",
                           iterations=100, save_every=5, activation_checkpointing=True, influence_tokens=16384,
                           influence_chunk=4, vllm_gpu_memory_utilization=0.5),
     # INFUSER+RLVR: hybrid documents (science + Putnam/AIME-history math) and a mixed dev set, mid-EOS -0.5
-    "rlvr-hybrid": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", solver_lr=2e-6,
+    "rlvr-hybrid": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", test_every=5, test_samples=1, solver_lr=2e-6,
                         generator_lr=4e-6, micro_batch=2, compute_dtype="bfloat16", engine="vllm",
                         solver_mid_eos_penalty=-0.5, iterations=100, save_every=5, activation_checkpointing=True,
                         influence_tokens=16384, influence_chunk=4, vllm_gpu_memory_utilization=0.5),
@@ -228,7 +236,7 @@ def validate(cfg: Config) -> None:
                 "influence_chunk", "influence_tokens", "ppo_epochs", "test_samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1")
-    for key in ("save_every", "keep_last", "test_every", "dev_limit"):
+    for key in ("save_every", "keep_last", "test_every", "dev_limit", "alarm_test_drops"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"--{key} must be >= 0")
     if cfg.n_solver < 2:

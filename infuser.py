@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+import diagnostics
 import dugrpo
 import influence
 from dist import all_sum, exclusive_offset, gather, rank_world, sharded
@@ -229,7 +230,7 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
                     if part is not None:
                         old[part, :lp.shape[1]] = lp
     model.train()
-    sums = {}                    # name -> [weighted sum, weight]; tis_max is a max
+    tok_sums, n_tok, loss_sum, tis_max, gnorms = {}, 0.0, 0.0, 0.0, []     # this rank's statistics
     for _ in range(cfg.ppo_epochs):
         for rows, n_pass in zip(rows_of, passes):
             opt.zero_grad(set_to_none=True)
@@ -238,21 +239,26 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
                 mb = mb.to(device)
                 lp_old = None if old is None or part is None else old[part, :mb.input_ids.shape[1]].to(device)
                 loss, st = micro_step(model, cfg, mb, adv.to(device), lp_old, normaliser, scale * weight)
-                if weight:
+                if weight:               # statistics are token-weighted means, the loss a sum, tis_max a max
                     ntok = mb.response_mask.sum().item()
+                    n_tok += ntok
+                    loss_sum += loss.item()
                     for key, v in st.items():
-                        s = sums.setdefault(key, [0.0, 0.0])
-                        s[:] = [max(s[0], v.item()), 1.0] if key == "tis_max" else [s[0] + v.item() * ntok, s[1] + ntok]
-                    sums.setdefault("loss", [0.0, 1.0])[0] += loss.item()
+                        if key == "tis_max":
+                            tis_max = max(tis_max, v.item())
+                        else:
+                            tok_sums[key] = tok_sums.get(key, 0.0) + v.item() * ntok
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
             if torch.isfinite(gnorm):
                 opt.step()                         # a non-finite norm skips the step (algorithm.md §3.7)
             opt.zero_grad(set_to_none=True)
-            s = sums.setdefault("grad_norm", [0.0, 0.0])
-            s[0], s[1] = s[0] + gnorm.item(), s[1] + 1
-    out = {k: v[0] / max(v[1], 1e-12) for k, v in sums.items()}
-    out["steps"] = len(minibatches) * cfg.ppo_epochs
+            gnorms.append(gnorm.item())            # the global norm: the same on every rank
+    parts = gather((tok_sums, n_tok, loss_sum, tis_max))       # the statistics of every rank, in one call
+    total = sum(p[1] for p in parts)
+    out = {key: sum(p[0].get(key, 0.0) for p in parts) / max(total, 1e-12) for key in sorted(parts[0][0])}
+    out.update(loss=sum(p[2] for p in parts), tis_max=max(p[3] for p in parts),
+               grad_norm=sum(gnorms) / max(len(gnorms), 1), steps=len(minibatches) * cfg.ppo_epochs)
     return out
 
 
@@ -267,21 +273,17 @@ def trains_generator(cfg) -> bool:
     return not cfg.dev_only and not cfg.fix_generator and not cfg.question_source
 
 
-def dev_rollouts(cfg, it, solver: Role, items: list, gids: list[int], m: Metrics) -> Graded | None:
+def dev_rollouts(cfg, it, solver: Role, items: list, gids: list[int]) -> Graded | None:
     if cfg.skip_dev_rollout and not cfg.dev_only and not uses_influence(cfg):
         return None
-    dev = solve(solver, cfg, items, gids, it, "dev")
-    ok, n = all_sum([sum(dev.correct), len(dev.correct)])
-    m["dev_acc"] = ok / max(n, 1)
-    m["dev_signal_groups"] = sum(gather(sum(len(set(c)) > 1 for c in dev.by_group().values())))
-    return dev
+    return solve(solver, cfg, items, gids, it, "dev")
 
 
-def draft_questions(cfg, it, generator: Role, docs: list[Document], m: Metrics) -> list[Draft]:
+def draft_questions(cfg, it, generator: Role, docs: list[Document]) -> tuple[list[Draft], int]:
+    """n_gen drafts per document, and the number of documents dropped for a prompt too long (§2.1)."""
     prompts = [generator_messages(d.text, cfg.question_route) for d in docs]
-    fits = [len(render_prompt(generator.tokenizer, p)) <= cfg.max_prompt_tokens for p in prompts]  # too long: dropped (§2.1)
+    fits = [len(render_prompt(generator.tokenizer, p)) <= cfg.max_prompt_tokens for p in prompts]
     docs, prompts = [d for d, ok in zip(docs, fits) if ok], [p for p, ok in zip(prompts, fits) if ok]
-    m["docs_too_long"] = int(all_sum([len(fits) - len(docs)])[0])
     params = SamplingParams(n=cfg.n_gen, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.gen_max_new_tokens, seed=None)
     outs = generator.sample(prompts, params, [seed_for(cfg.seed, it, "gen", d.gid) for d in docs])
@@ -292,57 +294,45 @@ def draft_questions(cfg, it, generator: Role, docs: list[Document], m: Metrics) 
             q = parse_question(s.text, d.doc_id, gid, seed_for(cfg.seed, it), cfg.question_route)
             q.gid = gid
             drafts.append(Draft(d, s, q))
-    return drafts
+    return drafts, len(fits) - len(docs)
 
 
-def solver_rollouts(cfg, it, solver: Role, drafts: list[Draft], m: Metrics) -> tuple[list[Question], Graded]:
+def solver_rollouts(cfg, it, solver: Role, drafts: list[Draft]) -> tuple[list[Question], Graded]:
     questions = [d.question for d in drafts]
     for q in questions:
         if q.rejected is None and len(render_prompt(solver.tokenizer, solver_messages(q.text, q.choices))) \
                 > cfg.max_prompt_tokens:
             q.rejected = "prompt_too_long"
     valid = [q for q in questions if q.rejected is None]
-    counts = all_sum([len(questions), len(valid)] + [sum(q.rejected == r for q in questions) for r in REJECT_REASONS])
-    m.update(questions=counts[0], valid=counts[1], valid_rate=counts[1] / max(counts[0], 1))
-    m.update({f"reject_{r}": c for r, c in zip(REJECT_REASONS, counts[2:])})
     sol = solve(solver, cfg, valid, [q.gid for q in valid], it, "q") if valid or rank_world()[1] > 1 else Graded()
-    ok, n = all_sum([sum(sol.correct), len(sol.correct)])
-    m["question_solve_rate"] = ok / max(n, 1)
     return valid, sol
 
 
-def influence_phase(cfg, solver: Role, dev: Graded | None, sol: Graded, valid: list[Question],
-                    m: Metrics) -> dict[int, float]:
+def influence_phase(cfg, solver: Role, dev: Graded | None, sol: Graded, valid: list[Question]) -> dict[int, float]:
     """{question gid: influence score} on the pre-update solver with its current AdamW state."""
     scores = {q.gid: 0.0 for q in valid}
     if not uses_influence(cfg):
         return scores
-    if m["valid"] > 0:
+    if all_sum([len(valid)])[0] > 0:                     # global: every rank takes the same branch
         pad = _pad_id(solver.tokenizer)                # rewards: correctness only (no mid-EOS penalty here)
         s = influence.influence_scores(solver.model, solver.optimizer, dev.rollouts(pad, rewards=dev.correct),
                                        sol.rollouts(pad, rewards=sol.correct), mode=cfg.similarity_mode,
                                        temperature=cfg.temperature, tis_cap=cfg.tis_cap,
                                        chunk_questions=cfg.influence_chunk, max_tokens=cfg.influence_tokens)
         scores.update(zip(sorted(set(sol.group_ids)), s.tolist()))
-        if m.get("dev_signal_groups", 0) == 0:
-            m["note"] = "no dev question with reward variance: all influence scores are 0"
-    acc = sol.by_group()
-    signal = [v for part in gather([v for g, v in scores.items() if len(set(acc.get(g, [0]))) > 1]) for v in part]
-    if signal:                             # statistics of the scores that carry signal (non-constant groups)
-        t = torch.tensor(signal)
-        m.update(influence_mean=t.mean().item(), influence_std=t.std().item() if len(t) > 1 else 0.0,
-                 influence_pos_frac=(t > 0).float().mean().item())
     return scores
 
 
-def generator_rewards(cfg, drafts: list[Draft], sol: Graded, scores: dict[int, float], m: Metrics) -> list[int]:
+def generator_rewards(cfg, drafts: list[Draft], sol: Graded, scores: dict[int, float],
+                      seen: set[int] | None = None) -> list[int]:
     """Fills each draft's reward, advantage and kept flag; returns the kept documents' gids (the global
     group order of the generator update). Rewards of all ranks: R [N_drafts], doc gids G [N_drafts]."""
     acc = sol.by_group()
+    repeated = repeated_questions(drafts, seen) if cfg.dedup_questions else set()
     for d in drafts:
         q = d.question
-        d.reward = (question_reward(cfg.generator_reward, acc[q.gid], scores[q.gid]) if q.rejected is None
-                    else cfg.gen_invalid_penalty)
+        d.reward = (question_reward(cfg.generator_reward, acc[q.gid], scores[q.gid])
+                    if q.rejected is None and q.gid not in repeated else cfg.gen_invalid_penalty)
     every = [x for part in gather([(d.doc.gid, d.reward) for d in drafts]) for x in part]
     if not every:
         return []
@@ -352,18 +342,14 @@ def generator_rewards(cfg, drafts: list[Draft], sol: Graded, scores: dict[int, f
     adv = torch.zeros_like(R)
     if keep.any():
         adv[keep] = dugrpo.group_advantages(R[keep], G[keep], cfg.generator_normalization)
-    m["gen_reward_mean"] = R.mean().item()
-    m["gen_docs_kept"] = len(torch.unique(G[keep]))
     mine = exclusive_offset(len(drafts))
     for d, a, k in zip(drafts, adv[mine:mine + len(drafts)].float().tolist(), keep[mine:mine + len(drafts)].tolist()):
         d.advantage, d.kept = a, k
     return sorted(set(G[keep].tolist()))
 
 
-def generator_update(cfg, generator: Role, drafts: list[Draft], order: list[int], m: Metrics) -> dict:
-    if not order:
-        if "gen_docs_kept" in m:
-            m["note_generator"] = "every document's rewards were constant: generator update skipped"
+def generator_update(cfg, generator: Role, drafts: list[Draft], order: list[int]) -> dict:
+    if not order:                                        # every document's rewards were constant
         return {}
     kept = [d for d in drafts if d.kept]
     roll = make_rollouts([d.sample for d in kept], [d.doc.gid for d in kept], [d.reward for d in kept],
@@ -371,7 +357,7 @@ def generator_update(cfg, generator: Role, drafts: list[Draft], order: list[int]
     return ppo_update(generator, cfg, roll, torch.tensor([d.advantage for d in kept], dtype=torch.float32), order)
 
 
-def solver_update(cfg, solver: Role, train: Graded | None, valid: list[Question], m: Metrics) -> dict:
+def solver_update(cfg, solver: Role, train: Graded | None, valid: list[Question]) -> dict:
     """Dr.GRPO over the groups whose rewards vary, in document-stratified minibatches."""
     if cfg.fix_solver or train is None:
         return {}
@@ -382,24 +368,40 @@ def solver_update(cfg, solver: Role, train: Graded | None, valid: list[Question]
     meta = sorted(x for part in gather([(g, doc_of.get(g, "dev")) for g in sorted(set(roll.group_ids.tolist()))])
                   for x in part)
     order = stratify_by_doc(meta)
-    m["solver_groups_trained"] = len(order)
     if not order:                                        # global: every rank takes the same branch
-        return {}
+        return {"groups_trained": 0}
     adv = dugrpo.group_advantages(roll.rewards, roll.group_ids, cfg.solver_normalization)
-    return ppo_update(solver, cfg, roll, adv, order)
+    return {**ppo_update(solver, cfg, roll, adv, order), "groups_trained": len(order)}
+
+
+def repeated_questions(drafts: list[Draft], seen: set[int] | None) -> set[int]:
+    """gids of the valid questions (of all ranks) whose normalised text was asked before: in an earlier
+    iteration (`seen`) or by a lower gid of this one. The --dedup_questions guard (a departure from the paper)."""
+    pairs = sorted(x for part in gather([(d.question.gid, diagnostics.question_hash(d.question.text)) for d in drafts
+                                         if d.question.rejected is None]) for x in part)
+    first, out = set(seen or ()), set()
+    for gid, h in pairs:
+        if h in first:
+            out.add(gid)
+        first.add(h)
+    return out
 
 
 def run_iteration(cfg, it: int, generator: Role, solver: Role, batch: list[dict], dev_items: list,
-                  external_questions: list[Question] | None = None, log_questions=None) -> dict:
+                  external_questions: list[Question] | None = None, log_questions=None,
+                  seen: set[int] | None = None) -> dict:
     """One INFUSER iteration. batch: this iteration's global batch of documents ({"doc_id", "text"});
     dev_items: the whole dev set; external_questions: this iteration's pre-generated questions
     (question_source), replacing phase 2. Each rank takes its share of all three. log_questions(records)
-    receives one record per draft. Returns a flat dict of metrics, global where it matters."""
+    receives one record per draft. seen: hashes of earlier iterations' valid questions (diagnostics.py),
+    updated in place with this iteration's. Returns a flat dict of metrics, the same on every rank."""
     rank, world = rank_world()
     m = Metrics(it)
     docs = [Document(d["doc_id"], d["text"], j) for j, d in enumerate(batch)][rank::world]
+    seen = set() if seen is None else seen
+    too_long = 0
     with m.phase("dev_rollout"):
-        dev = dev_rollouts(cfg, it, solver, dev_items[rank::world], list(range(len(dev_items)))[rank::world], m)
+        dev = dev_rollouts(cfg, it, solver, dev_items[rank::world], list(range(len(dev_items)))[rank::world])
     with m.phase("generation"):
         drafts = []
         if external_questions is not None:
@@ -407,25 +409,32 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, batch: list[dict]
                 q.gid = j
             drafts = [Draft(None, None, q) for q in external_questions[rank::world]]
         elif not cfg.dev_only:
-            drafts = draft_questions(cfg, it, generator, docs, m)
+            drafts, too_long = draft_questions(cfg, it, generator, docs)
     with m.phase("solver_rollout"):
-        valid, sol = solver_rollouts(cfg, it, solver, drafts, m)
+        valid, sol = solver_rollouts(cfg, it, solver, drafts)
     with m.phase("influence"):
-        scores = influence_phase(cfg, solver, dev, sol, valid, m)
+        scores = influence_phase(cfg, solver, dev, sol, valid)
     with m.phase("rewards"):
         trains = trains_generator(cfg) and external_questions is None
-        order = generator_rewards(cfg, drafts, sol, scores, m) if trains else []
+        order = generator_rewards(cfg, drafts, sol, scores, seen) if trains else []
     with m.phase("generator_update"):
-        m.update({f"gen_{k}": v for k, v in generator_update(cfg, generator, drafts, order, m).items()})
-        if log_questions is not None and not cfg.dev_only:
-            acc = sol.by_group()
-            log_questions([_question_record(it, d, acc, scores) for d in drafts])
+        gen_stats = generator_update(cfg, generator, drafts, order)
     with m.phase("solver_update"):
-        m.update({f"solver_{k}": v for k, v in solver_update(cfg, solver, dev if cfg.dev_only else sol, valid, m).items()})
-        lens = [len(s.response_ids) for s in sol.samples]
-        tl = all_sum([sum(lens), len(lens), sum(s.finish_reason == "length" for s in sol.samples)])
-        m.update(solver_resp_len=tl[0] / max(tl[1], 1), solver_trunc_rate=tl[2] / max(tl[1], 1))
-    return m.finish([("dev_rollout", dev), ("solver_rollout", sol)])
+        solver_stats = solver_update(cfg, solver, dev if cfg.dev_only else sol, valid)
+
+    # ---- bookkeeping, outside the phase timers: the question log, the diagnostics, notes ----------------
+    if log_questions is not None and not cfg.dev_only:
+        acc = sol.by_group()
+        log_questions([_question_record(it, d, acc, scores) for d in drafts])
+    m.finish([("dev_rollout", dev), ("solver_rollout", sol)])
+    m.update(diagnostics.iteration_metrics(cfg, dev, drafts, valid, sol, scores, seen, m.times, too_long))
+    m.update({f"gen_{k}": v for k, v in gen_stats.items()})
+    m.update({f"solver_{k}": v for k, v in solver_stats.items()})
+    if uses_influence(cfg) and m["valid"] and not m.get("dev_signal_groups"):
+        m["note"] = "no dev question with reward variance: all influence scores are 0"
+    if trains and "gen_docs_kept" in m and not order:
+        m["note_generator"] = "every document's rewards were constant: generator update skipped"
+    return dict(m)
 
 
 def _question_record(it: int, d: Draft, acc: dict, scores: dict) -> dict:

@@ -22,6 +22,10 @@ from dist import gather, rank_world
 # ----------------------------------------------------------------------------------------------
 # Logging
 
+WANDB_QUESTIONS = 16             # sample questions per iteration in the wandb table
+WANDB_QUESTION_COLUMNS = ("iteration", "status", "question", "choices", "answer", "solver_acc", "influence", "reward")
+
+
 class Logger:
     """Rank-0 console one-liners, metrics.jsonl always, questions.jsonl, wandb only when asked."""
 
@@ -63,7 +67,9 @@ class Logger:
               f" | gen R {f('gen_reward_mean', '{:+.4f}')} | {f('time_total', '{:.1f}')}s "
               f"(dev {f('time_dev_rollout', '{:.1f}')} gen {f('time_generation', '{:.1f}')} sol {f('time_solver_rollout', '{:.1f}')}"
               f" grade {f('time_grading', '{:.1f}')} inf {f('time_influence', '{:.1f}')} upd {f('time_generator_update', '{:.1f}')}+{f('time_solver_update', '{:.1f}')})"
-              + (f" | test acc {m['test_acc']:.3f}" if m.get("test_acc") is not None else "")
+              + f" | dup {f('q_duplicate_rate', '{:.2f}')} seen {f('q_seen_rate', '{:.2f}')} signal {f('solver_signal_rate', '{:.2f}')}"
+              + "".join(f" | {k.replace('test_acc/', 'test ')} {v:.3f}" for k, v in m.items()
+                        if k.startswith("test_acc/") and v is not None)
               + (f" | {m['docs_too_long']} documents too long for the prompt (dropped)" if m.get("docs_too_long") else "")
               + (f" | {m['note']}" if m.get("note") else ""), flush=True)
 
@@ -73,6 +79,12 @@ class Logger:
             with open(self.dir / "questions.jsonl", "a") as f:
                 for r in rows:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            if self.wb is not None and rows:     # a table of sample questions per iteration: what the generator asks
+                import wandb
+                show = lambda v: " | ".join(map(str, v)) if isinstance(v, list) else v
+                table = wandb.Table(columns=list(WANDB_QUESTION_COLUMNS),
+                                    data=[[show(r.get(c)) for c in WANDB_QUESTION_COLUMNS] for r in rows[:WANDB_QUESTIONS]])
+                self.wb.log({"sample_questions": table}, step=rows[0]["iteration"])
 
 
 def _log_rows(path: Path) -> list[dict]:
@@ -123,6 +135,9 @@ def claim_out_dir(cfg: Config) -> list[Path]:
 
 
 def plot_curves(out_dir: str, history: list[dict], summary: dict) -> str | None:
+    """curves.png. Row 1: the solver's accuracy (dev, its own questions, every held-out set), the valid-question
+    rate, the generator's signal. Row 2: the questions' diversity (duplicate, seen, distinct-2), the solver's
+    spread (signal rates; the solve-rate histogram over iterations as a heat map)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -130,28 +145,43 @@ def plot_curves(out_dir: str, history: list[dict], summary: dict) -> str | None:
     except ImportError:
         return None
     its = [m["iteration"] for m in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, keys, title in [(axes[0], ["dev_acc", "question_solve_rate"], "solver accuracy"),
-                            (axes[1], ["valid_rate"], "valid-question rate"),
-                            (axes[2], ["influence_mean", "gen_reward_mean"], "generator signal")]:
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.2))
+
+    def lines(ax, keys, title):
         for k in keys:
             ys = [m.get(k) for m in history]
             if any(y is not None for y in ys):
                 ax.plot(its, [y if y is not None else float("nan") for y in ys], marker="o", ms=3, label=k)
         ax.set_title(title)
         ax.set_xlabel("iteration")
+    lines(axes[0][0], ["dev_acc", "question_solve_rate"], "solver accuracy")
+    lines(axes[0][1], ["valid_rate"], "valid-question rate")
+    lines(axes[0][2], ["influence_mean", "gen_reward_mean"], "generator signal")
+    lines(axes[1][0], ["q_duplicate_rate", "q_cross_doc_duplicate_rate", "q_seen_rate", "q_distinct_2"],
+          "question diversity")
+    lines(axes[1][1], ["solver_signal_rate", "dev_signal_rate"], "groups with reward variance")
+    names = [k.split("/", 1)[1] for k in summary if k.startswith("test_acc_start/")] or \
+        sorted({k.split("/", 1)[1] for m in history for k in m if k.startswith("test_acc/")})
+    for name in names:                     # each held-out set: before iteration 0 (x = -1), every K, after the last
+        pts = ([(-1, summary[f"test_acc_start/{name}"])] if summary.get(f"test_acc_start/{name}") is not None else []) + \
+            [(m["iteration"], m[f"test_acc/{name}"]) for m in history if m.get(f"test_acc/{name}") is not None] + \
+            ([(its[-1], summary[f"test_acc_end/{name}"])] if summary.get(f"test_acc_end/{name}") is not None and its else [])
+        if pts:
+            axes[0][0].plot(*zip(*pts), ls="--", marker="s", ms=4, label=f"held-out {name}")
+    hist = [m.get("q_solve_hist") or [float("nan")] * 5 for m in history]
+    ax = axes[1][2]
+    if its:
+        im = ax.imshow(list(zip(*hist)), aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1,
+                       extent=(its[0] - 0.5, its[-1] + 0.5, 0, 1))
+        fig.colorbar(im, ax=ax, label="share of valid questions")
+    ax.set_title("solver solve rate of the valid questions")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("solve rate (5 bins)")
+    for ax in axes.flat[:5]:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    test = ([(-1, summary["test_acc_start"])] if summary.get("test_acc_start") is not None else []) + \
-        [(m["iteration"], m["test_acc"]) for m in history if m.get("test_acc") is not None] + \
-        ([(its[-1], summary["test_acc_end"])] if summary.get("test_acc_end") is not None and its else [])
-    if test:                               # held-out test: before iteration 0 (x = -1), every K, after the last
-        axes[0].plot(*zip(*test), ls="--", marker="s", ms=4, c="gray", label="held-out test")
-        axes[0].legend(fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, "curves.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import diagnostics
 import infuser
 from checkpoint import check_resume, find_checkpoint, load_checkpoint, save_checkpoint
 from config import Config, ConfigError, parse_config
@@ -135,6 +136,26 @@ def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) ->
     return infuser.Role(name, model, opt, engine, tok, sync)
 
 
+def load_test_sets(cfg: Config) -> dict[str, list[Item]]:
+    """--test: one or several sets, comma-separated ("toy", benchmark names, JSONL paths); named by the
+    benchmark or the file's stem. Each is measured at the start, every test_every iterations and at the end."""
+    sets = {}
+    for spec in [x.strip() for x in cfg.test.split(",") if x.strip()]:
+        name = Path(spec).stem if spec.endswith(".jsonl") or os.path.sep in spec else spec
+        if name in sets:
+            raise ConfigError(f"--test names {name!r} twice")
+        sets[name] = load_questions(spec, cfg, "test")
+    return sets
+
+
+def measure_tests(cfg: Config, role: infuser.Role, sets: dict[str, list[Item]], out: dict, suffix: str = "") -> None:
+    """out[f"test_acc{suffix}/NAME"] for every set, and out[f"test_acc{suffix}"] = the first set's."""
+    for i, (name, items) in enumerate(sets.items()):
+        out[f"test_acc{suffix}/{name}"] = test_accuracy(cfg, role, items, "test" if i == 0 else f"test/{name}")
+        if i == 0:
+            out[f"test_acc{suffix}"] = out[f"test_acc{suffix}/{name}"]
+
+
 def test_accuracy(cfg: Config, role: infuser.Role, items: list[Item], tag: str) -> float | None:
     """avg@k of the solver on held-out target questions (each rank its share, summed)."""
     if not items:
@@ -184,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- data ---------------------------------------------------------------------------------
     documents = [] if cfg.dev_only else load_documents(cfg.documents)
     dev_items = load_questions(cfg.dev, cfg, "dev")
-    test_items = load_questions(cfg.test, cfg, "test") if cfg.test else []
+    test_sets = load_test_sets(cfg)
     external = load_external_questions(cfg.question_source) if cfg.question_source else None
     stream = DocumentStream(documents, cfg.seed)
     if len(dev_items) < world or (documents and cfg.doc_batch_size < world):
@@ -204,17 +225,19 @@ def main(argv: list[str] | None = None) -> dict:
     barrier()
 
     log = Logger(cfg)
-    start, history, summary = 0, [], {}
+    start, history, summary, seen = 0, [], {"alarms": []}, set()
     if ckpt is not None:
         state = load_checkpoint(ckpt, roles, stream, state)
         start, history, summary = state["iteration"] + 1, state.get("history", []), state.get("summary", {})
+        seen = set(state.get("seen_questions", []))      # hashes of every earlier valid question (q_seen_rate)
         log.resume(state["iteration"], history)
         print0(f"resumed from {ckpt} (next iteration {start})" if not finished else
                f"{ckpt}: the run is finished but its summary is missing (killed after its last checkpoint): "
                f"writing it now")
     n_params = sum(p.numel() for p in s_model.parameters())
     print0(f"INFUSER | preset {cfg.preset} | world {world} on {device} | {n_params / 1e6:.2f}M params per model"
-           f" | {len(documents)} documents, {len(dev_items)} dev, {len(test_items)} test questions")
+           f" | {len(documents)} documents, {len(dev_items)} dev, "
+           + (", ".join(f"{len(v)} {k}" for k, v in test_sets.items()) or "no") + " test questions")
     isa = torch.backends.cpu.get_cpu_capability()
     half = cfg.compute_dtype in ("bfloat16", "float16")
     if device.type == "cpu" and half and not isa.startswith("AVX512"):
@@ -222,39 +245,49 @@ def main(argv: list[str] | None = None) -> dict:
                f"matmuls are emulated here, measured 12-18x slower than float32 (README, Performance)")
     amp = (torch.autocast(device.type, dtype=getattr(torch, cfg.compute_dtype))
            if world == 1 and half else nullcontext())
-    if start == 0 and test_items:
-        summary["test_acc_start"] = test_accuracy(cfg, solver, test_items, "test")
-        print0(f"held-out test accuracy at start: {summary['test_acc_start']:.3f}")
+    if start == 0 and test_sets:
+        measure_tests(cfg, solver, test_sets, summary, "_start")
+        print0("held-out test accuracy at start: " + ", ".join(f"{k} {summary[f'test_acc_start/{k}']:.3f}"
+                                                               for k in test_sets))
 
     for it in range(start, cfg.iterations):
         batch = stream.next_batch(cfg.doc_batch_size) if documents else []
         with amp:
             m = infuser.run_iteration(cfg, it, generator, solver, batch, dev_items,
                                       external_questions=None if external is None else external.get(it, []),
-                                      log_questions=log.questions)
-        if test_items and cfg.test_every and (it + 1) % cfg.test_every == 0 and it < cfg.iterations - 1:
-            m["test_acc"] = test_accuracy(cfg, solver, test_items, "test")
+                                      log_questions=log.questions, seen=seen)
+        if test_sets and cfg.test_every and (it + 1) % cfg.test_every == 0 and it < cfg.iterations - 1:
+            measure_tests(cfg, solver, test_sets, m)
         history.append(m)
+        raised = diagnostics.alarms(cfg, history, summary)
+        m["alarms"] = [name for name, _ in raised]
+        summary.setdefault("alarms", []).extend({"iteration": it, "alarm": a, "message": msg} for a, msg in raised)
         if cfg.save_every and ((it + 1) % cfg.save_every == 0 or it == cfg.iterations - 1):
             tick = time.perf_counter()
             try:
-                save_checkpoint(cfg, it, roles, stream, {"history": history, "summary": summary})
+                save_checkpoint(cfg, it, roles, stream, {"history": history, "summary": summary,
+                                                         "seen_questions": sorted(seen)})
             except OSError as e:           # e.g. the disk is full: what is on disk stays as it was
                 shutil.rmtree(Path(cfg.out_dir) / f".tmp_ckpt_{it:05d}", ignore_errors=True)
                 raise ConfigError(f"the checkpoint of iteration {it} could not be written ({e.strerror or e}); "
                                   f"the run stops here, earlier checkpoints are untouched") from None
             m["time_checkpoint"] = time.perf_counter() - tick
         log.metrics(m)
+        for _, msg in raised:
+            print0(f"ALARM it {it}: {msg}")
 
-    if test_items and "test_acc_end" not in summary:
-        summary["test_acc_end"] = test_accuracy(cfg, solver, test_items, "test")
+    if test_sets and "test_acc_end" not in summary:
+        measure_tests(cfg, solver, test_sets, summary, "_end")
     devs = [m["dev_acc"] for m in history if m.get("dev_acc") is not None]
     if devs:
         summary.update(dev_acc_start=devs[0], dev_acc_end=devs[-1])
     if rank == 0:
         summary["plot"] = plot_curves(cfg.out_dir, history, summary)
         Path(cfg.out_dir, "summary.json").write_text(json.dumps(summary, indent=2))
-        line = " | ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float))
+        line = " | ".join(f"{k} {v:.3f}" for k, v in summary.items()
+                          if isinstance(v, float) and ("/" not in k or len(test_sets) > 1))
+        if summary.get("alarms"):
+            line += f" | alarms raised: {len(summary['alarms'])} (summary.json)"
         print0(f"summary: {line} | curves: {summary.get('plot')}")
     if "vllm" in shared:
         shared["vllm"].close()             # vLLM's process groups go before the trainer's

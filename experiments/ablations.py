@@ -43,8 +43,10 @@ VARIANTS = {   # name: (flags, what it is)
     "grpo": (["--generator_normalization=group_std"], "INFUSER with standard GRPO instead of DuGRPO"),
     "cosine": (["--similarity_mode=cosine"], "INFUSER with plain (optimizer-unaware) cosine"),
     "dev_only": (["--dev_only"], "RLVR on the dev set itself (an upper reference, not a competitor)"),
+    "dedup": (["--dedup_questions"], "INFUSER with the repeated-question guard (a departure: the paper has none)"),
 }
-INFLUENCE_VARIANTS = ("infuser", "grpo", "cosine")
+INFLUENCE_VARIANTS = ("infuser", "grpo", "cosine", "dedup")
+DIAGNOSTICS = ("q_duplicate_rate", "q_seen_rate", "q_distinct_2", "solver_signal_rate")
 
 
 def run_one(name: str, seed: int, out: Path, iterations: int, threads: int) -> dict:
@@ -158,7 +160,11 @@ def report(names: list[str], seeds: list[int], out: Path) -> dict:
             test_curve = [(-1, summary.get("test_acc_start"))] + \
                 [(m["iteration"], m["test_acc"]) for m in hist if m.get("test_acc") is not None] + \
                 [(hist[-1]["iteration"], summary.get("test_acc_end"))]
+            diag = {k: [m[k] for m in hist if m.get(k) is not None] for k in DIAGNOSTICS}
             runs.append({"seed": s, "summary": summary, "dev_curve": [m.get("dev_acc") for m in hist],
+                         "diag": {k: (statistics.mean(x[:5]), statistics.mean(x[-5:])) if x else None
+                                  for k, x in diag.items()},
+                         "alarms": summary.get("alarms"),
                          "test_curve": test_curve, "first": question_kinds(first) if qs else None,
                          "last": question_kinds(last) if qs else None,
                          "influence": [m.get("influence_mean") for m in hist],
@@ -182,6 +188,9 @@ def report(names: list[str], seeds: list[int], out: Path) -> dict:
              "dev_end": [r["summary"].get("dev_acc_end") for r in runs],
              "train_seconds": [round(r["seconds"], 1) for r in runs],
              "test_curves": [r["test_curve"] for r in runs], "dev_curves": [r["dev_curve"] for r in runs]}
+        if all(r["diag"]["q_duplicate_rate"] is not None for r in runs):       # runs logged with diagnostics.py
+            v["diagnostics"] = {k: [r["diag"][k] for r in runs] for k in DIAGNOSTICS}
+            v["alarms"] = [[(a["iteration"], a["alarm"]) for a in (r["alarms"] or [])] for r in runs]
         if runs[0]["first"] is not None:
             for part in ("first", "last"):
                 for k in ("valid_rate", "on_target_share", "wrong_key_share", "useful_share"):
@@ -239,6 +248,17 @@ def markdown(res: dict) -> str:
         cells = [f"{mean(v['first5_' + k]):.2f} → {mean(v['last5_' + k]):.2f}"
                  for k in ("valid_rate", "on_target_share", "wrong_key_share", "useful_share")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any("diagnostics" in v for v in V.values()):
+        lines += ["", "Diversity and spread (diagnostics.py; first 5 iterations → last 5; mean over seeds), alarms raised:",
+                  "", "| variant | " + " | ".join(DIAGNOSTICS) + " | alarms (iteration, name) per seed |",
+                  "|---|" + "---|" * (len(DIAGNOSTICS) + 1)]
+        for name, v in V.items():
+            if "diagnostics" in v:
+                cells = [f"{mean([a for a, _ in v['diagnostics'][k]]):.2f} → {mean([b for _, b in v['diagnostics'][k]]):.2f}"
+                         for k in DIAGNOSTICS]
+                alarms = "; ".join(f"s{s_}: " + (", ".join(f"{i} {a}" for i, a in al) or "none")
+                                   for s_, al in zip(v["seeds"], v["alarms"]))
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {alarms} |")
     lines += ["", "What the solver trained on (valid questions with reward variance, all iterations; mean over seeds):", "",
               "| variant | groups per run | on target, correct key | on target, WRONG key | off target |", "|---|---|---|---|---|"]
     for name, v in V.items():

@@ -45,6 +45,26 @@ def read_jsonl(p):
     return [json.loads(l) for l in Path(p).read_text().splitlines() if l.strip()]
 
 
+def untimed(rows: list[dict]) -> list[dict]:
+    """Metrics rows without what depends on the clock (time_*, tokens_per_s/*)."""
+    return [{k: v for k, v in r.items() if not k.startswith(("time", "tokens_per_s"))} for r in rows]
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], rel: float = 1e-9) -> None:
+    """Every key of every row, equal: counts exactly, floats to `rel` (float64 sums in another order)."""
+    a, b = untimed(a), untimed(b)
+    assert [r.keys() for r in a] == [r.keys() for r in b]
+    for ra, rb in zip(a, b):
+        for k in ra:
+            x, y = ra[k], rb[k]
+            if isinstance(x, float) or isinstance(y, float):
+                assert abs(x - y) <= rel * max(1.0, abs(x)), (ra["iteration"], k, x, y)
+            elif isinstance(x, list) and x and isinstance(x[0], float):
+                assert all(abs(u - v) <= rel for u, v in zip(x, y)), (ra["iteration"], k, x, y)
+            else:
+                assert x == y, (ra["iteration"], k, x, y)
+
+
 def test_one_iteration_random_model_counts_invalid_and_finishes(tmp_path):
     out = train.main(loop_args(tmp_path, tmp_path / "run", ["--iterations=1", "--gen_max_new_tokens=12"]))
     m = out["history"][0]
@@ -141,9 +161,17 @@ def test_two_ranks_equal_one_rank(tmp_path, two_extra):
             # float64 gradients differ by ~1e-16 relative (sum order); AdamW amplifies a difference dg by at
             # most lr * dg / eps (lr 1e-3, eps 1e-8: <= 1e-13 for |g| <= 1); measured: bitwise equal
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-12)
+    # every metric (diagnostics.py: one packed reduction over ranks) is the one-rank value; the influence
+    # statistics are means of the float64 scores above (<= 1e-11 apart), so 1e-9 relative
+    m1, m2 = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert {"q_duplicate_rate", "q_seen_rate", "q_distinct_2", "q_key_entropy", "q_solve_hist",
+            "solver_signal_rate", "dev_signal_rate", "influence_mean"} <= m1[0].keys()
+    assert_same_metrics(m1, m2)
 
 
-def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path, scripted):
+def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path, scripted, monkeypatch):
+    import loop_fakes
+    monkeypatch.setattr(loop_fakes, "CANNED", loop_fakes.CANNED[:1])     # one question, asked by every draft
     full = train.main(loop_args(tmp_path, tmp_path / "full", ["--iterations=2", "--save_every=1", *SMALL]))
     train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=1", "--save_every=1", *SMALL]))
     resumed = train.main(loop_args(tmp_path, tmp_path / "cut", ["--iterations=2", "--save_every=1", "--resume",
@@ -157,15 +185,17 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path, scripted):
     assert oa.keys() == ob.keys() and any(".optim." in k and "exp_avg_sq" in k for k in oa)
     for k in oa:
         assert torch.equal(oa[k], ob[k]), k
-    ha = [{k: v for k, v in m.items() if not k.startswith("time")} for m in full["history"]]
-    hb = [{k: v for k, v in m.items() if not k.startswith("time")} for m in resumed["history"]]
-    assert ha == hb
+    assert untimed(full["history"]) == untimed(resumed["history"])
+    # one canned question: iteration 1's q_seen_rate counts iteration 0's questions, which the resumed run
+    # knows only from the checkpoint
+    assert resumed["history"][1]["q_seen_rate"] > 0
 
 
 def test_two_ranks_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     """2 gloo ranks (FSDP2): checkpoint after iteration 0, stop, resume for iteration 1; the models (HF
-    export) and the sharded AdamW states (DCP) equal those of an uninterrupted 2-iteration run."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    export) and the sharded AdamW states (DCP) equal those of an uninterrupted 2-iteration run, and so do the
+    metrics (one canned question: iteration 1's q_seen_rate needs the checkpoint's record of iteration 0)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), CANNED_FIRST="1")
     run = lambda out, extra: subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "tests" / "dist_loop.py"), *loop_args(tmp_path, out, ["--save_every=1", *SMALL, *extra])],
@@ -182,6 +212,9 @@ def test_two_ranks_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     oa, ob = (dcp_tensors(tmp_path / r / "ckpt_00001") for r in ("full", "cut"))
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
     assert sorted(p.name for p in (tmp_path / "cut" / "ckpt_00001" / "rng").iterdir()) == ["rank_0.pt", "rank_1.pt"]
+    full_m, cut_m = (read_jsonl(tmp_path / r / "metrics.jsonl") for r in ("full", "cut"))
+    assert cut_m[1]["q_seen_rate"] > 0
+    assert untimed(full_m) == untimed(cut_m)
 
 
 def test_resume_refuses_another_seed_or_world_size(tmp_path, scripted):

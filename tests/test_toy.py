@@ -242,3 +242,11 @@ def test_default_run_is_the_toy_world_through_the_real_loop(tmp_path, anchor):
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "questions.jsonl").is_file()
     if summary.get("plot"):
         assert Path(summary["plot"]).is_file()
+    # what a researcher watches (diagnostics.py) is on every line; the default run raises no alarm
+    watched = {"q_duplicate_rate", "q_seen_rate", "q_distinct_2", "q_key_entropy", "q_solve_hist",
+               "solver_signal_rate", "dev_signal_rate", "gen_resp_len", "gen_trunc_rate", "gen_reward_std",
+               "tokens_per_s/generation", "tokens_per_s/solver_rollout", "tokens_per_s/dev_rollout", "alarms"}
+    for m in lines:
+        assert watched <= m.keys(), watched - m.keys()
+        assert 0 < m["q_distinct_2"] <= 1 and 0 < m["q_key_entropy"] <= 2 and abs(sum(m["q_solve_hist"]) - 1) < 1e-9
+    assert summary["alarms"] == [] and lines[1]["alarms"] == []
