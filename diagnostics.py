@@ -155,7 +155,7 @@ def alarms(cfg, history: list[dict], summary: dict) -> list[tuple[str, str]]:
                                      f"same question of different documents")
             if m.get("q_seen_rate", 0.0) > cfg.alarm_seen_rate:
                 out["seen"] = (f"q_seen_rate {m['q_seen_rate']:.2f} > {cfg.alarm_seen_rate} (alarm_seen_rate): "
-                               f"the generator repeats questions of earlier iterations")
+                               f"the generator repeats questions of earlier iterations (a document read again repeats its own too)")
             if m.get("solver_signal_rate", 1.0) < cfg.alarm_signal_rate:
                 out["solver_signal"] = (f"solver_signal_rate {m['solver_signal_rate']:.2f} < {cfg.alarm_signal_rate}"
                                         f" (alarm_signal_rate): almost no question splits the solver's answers, "

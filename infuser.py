@@ -11,9 +11,10 @@
   7 solver_update      Dr.GRPO over the non-constant question groups, stratified by document (README eq. 1, 3)
 Baselines and ablations are config values, not code paths: fix_generator, dev_only, similarity_mode,
 generator_normalization, generator_reward (influence | spice | uncertainty), question_source,
-solver_mid_eos_penalty. Distributed: each rank takes every world-th document and dev question; the few
-global quantities are gathered (dist.py); seeds derive from global ids, so any number of ranks draws the
-same samples. Left out (algorithm.md §10.2): curriculum refresh, seeded-dev generation, solver filter
+solver_mid_eos_penalty, and one labelled departure: dedup_questions. The phases return records, never metrics: after them, diagnostics.py computes every
+metric of the iteration in one place. Distributed: each rank takes every world-th document and dev
+question; the few global quantities are gathered (dist.py); seeds derive from global ids, so any number of
+ranks draws the same samples. Left out (algorithm.md §10.2): curriculum refresh, seeded-dev generation, solver filter
 modes, GDPO rewards, the formatting bonus, several generator loops per solver loop.
 """
 from __future__ import annotations

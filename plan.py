@@ -4,8 +4,8 @@
 
 builds the preset's real model class from its config (Qwen3 configs of the paper's models are below, so
 nothing is downloaded; a local model directory is read from its config.json) under torch's FakeTensorMode,
-shards both models with FSDP2 exactly as train.make_role does over a fake N-rank process group (no data
-moves; every rank is taken to hold the same worst-case batch), and runs the real phases of one iteration
+shards both models with FSDP2 exactly as train.make_role does (rollout.prepare_model) over a fake N-rank
+process group (no data moves; every rank is taken to hold the same worst-case batch), and runs the real phases of one iteration
 at the preset's worst-case lengths (every row max_prompt_tokens + max_new_tokens long):
 
   rollout            both roles resident (weights, AdamW states) + vLLM awake (its memory share)
@@ -201,12 +201,12 @@ class _RealMetadata:
 
 
 class Planner:
-    """Both roles built under fake tensors, sharded like train.make_role; `phase()` measures one phase."""
+    """Both roles built under fake tensors, sharded like train.make_role (rollout.prepare_model); `phase()` measures one phase."""
 
     def __init__(self, cfg, world: int, fake: bool = True, configs: dict | None = None, device: str = "cpu"):
         from torch._subclasses.fake_tensor import FakeTensorMode
         from transformers import AutoModelForCausalLM
-        import train
+        from rollout import make_optimizer, prepare_model
         self.cfg, self.world = cfg, world
         self.mesh = None
         if world > 1:
@@ -229,10 +229,8 @@ class Planner:
                     mcfg._attn_implementation = "sdpa"
                     model = AutoModelForCausalLM.from_config(mcfg)
                     self.vocab = mcfg.vocab_size
-                    train.prepare_model(model, cfg, None if fake else torch.device(device), self.mesh)
-                    lr = cfg.solver_lr if name == "solver" else cfg.generator_lr
-                    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2),
-                                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+                    prepare_model(model, cfg, None if fake else torch.device(device), self.mesh)
+                    opt = make_optimizer(model, cfg, name)
                     for p in model.parameters():          # AdamW state as after the first step
                         p.grad = torch.zeros_like(p)
                     opt.step()
@@ -486,10 +484,10 @@ def validate(cfg=None, configs=None) -> list[dict]:
     mmap every allocation >= 64 KiB so that freed memory leaves the RSS: MALLOC_MMAP_THRESHOLD_=65536 in
     the environment of the process). The real phases run twice and the second run is measured, so that
     one-time costs (lazy imports, first use of checkpointing) do not count. One row per phase."""
-    import train
+    from config import parse_config
     from transformers import Qwen3Config
     if cfg is None:
-        cfg = train.parse_config(["--preset", "tiny", "--max_prompt_tokens=256", "--solver_max_new_tokens=768",
+        cfg = parse_config(["--preset", "tiny", "--max_prompt_tokens=256", "--solver_max_new_tokens=768",
                                   "--gen_max_new_tokens=768", "--micro_batch=4", "--n_solver=4",
                                   "--influence_tokens=8192", "--influence_chunk=2"])
     if configs is None:

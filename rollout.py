@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from dist import rank_world
 from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, render_prompt  # noqa: F401 (re-exports)
 
 # ----------------------------------------------------------------------------------------------
@@ -446,3 +447,29 @@ class HFEngine(ChatEngine):
             samples.append(Sample(prompt_ids=list(prompts[i // n]), response_ids=out_ids[i],
                                   logprobs=out_lp[i], finish_reason=finish[i], text=text))
         return samples
+
+
+# ----------------------------------------------------------------------------------------------
+# A trained role's model and optimizer (train.py, plan.py and bench.py build them here)
+
+def prepare_model(model, cfg, device, mesh=None) -> None:
+    """Device, activation checkpointing, and FSDP2 (every decoder layer, then the root) when world > 1
+    (or on `mesh`: the memory plan's fake one), bf16/fp16 compute with fp32 gradient reduction."""
+    if device is not None:               # None: the plan's fake-tensor models stay where they were built
+        model.to(device)
+    if cfg.activation_checkpointing:
+        set_activation_checkpointing(model, True)
+    if rank_world()[1] > 1:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        compute = getattr(torch, cfg.compute_dtype)
+        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.promote_types(compute, torch.float32))
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=mp, mesh=mesh)
+        fully_shard(model, mp_policy=mp, mesh=mesh)
+
+
+def make_optimizer(model, cfg, role: str) -> torch.optim.AdamW:
+    """The role's AdamW (algorithm.md §3.7): its learning rate, the shared betas, eps and weight decay."""
+    lr = cfg.solver_lr if role == "solver" else cfg.generator_lr
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay)

@@ -40,7 +40,7 @@ from data import DocumentStream, load_documents, load_external_questions, load_q
 from dist import all_sum, barrier, print0, rank_world
 from evaluate import Item, evaluate
 from runlog import Logger, claim_out_dir, plot_curves
-from rollout import HFEngine, SamplingParams, load_model, resolve_dtype, set_activation_checkpointing
+from rollout import HFEngine, SamplingParams, load_model, make_optimizer, prepare_model, resolve_dtype
 
 from fixtures import byte_tokenizer, tiny_qwen3
 
@@ -94,28 +94,10 @@ def build_model(spec: str, cfg: Config):
 # ----------------------------------------------------------------------------------------------
 # Roles: models, optimizers, engines
 
-def prepare_model(model, cfg: Config, device, mesh=None) -> None:
-    """Device, activation checkpointing, and FSDP2 (every decoder layer, then the root) when world > 1
-    (or on `mesh`: the memory plan's fake one), bf16/fp16 compute with fp32 gradient reduction."""
-    if device is not None:               # None: the plan's fake-tensor models stay where they were built
-        model.to(device)
-    if cfg.activation_checkpointing:
-        set_activation_checkpointing(model, True)
-    if rank_world()[1] > 1:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        compute = getattr(torch, cfg.compute_dtype)
-        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.promote_types(compute, torch.float32))
-        for layer in model.model.layers:
-            fully_shard(layer, mp_policy=mp, mesh=mesh)
-        fully_shard(model, mp_policy=mp, mesh=mesh)
-
-
 def make_role(name: str, model, tok, path, cfg: Config, device, shared: dict) -> infuser.Role:
     """Model on its device (FSDP2-sharded when world > 1), its AdamW, and the engine that samples it."""
     prepare_model(model, cfg, device)
-    lr = cfg.solver_lr if name == "solver" else cfg.generator_lr
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
-                            weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg, name)
     if cfg.engine == "vllm":
         if path is None:
             raise ConfigError("--engine=vllm needs a model directory (not tiny-random or a .gguf file)")

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import infuser  # noqa: E402
 import plan  # noqa: E402
 import checkpoint  # noqa: E402
+import rollout  # noqa: E402
 import train  # noqa: E402
 from data import DocumentStream  # noqa: E402
 from fixtures import byte_tokenizer  # noqa: E402
@@ -38,7 +39,7 @@ def main(hidden: int, layers: int) -> None:
         model = Qwen3ForCausalLM(Qwen3Config(hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
                                              num_attention_heads=8, num_key_value_heads=4, head_dim=hidden // 8,
                                              vocab_size=32000, tie_word_embeddings=False))
-        train.prepare_model(model, cfg, torch.device("cpu"))
+        rollout.prepare_model(model, cfg, torch.device("cpu"))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         for p in model.parameters():
             p.grad = torch.ones_like(p)

@@ -309,3 +309,52 @@ def test_export_in_several_safetensors_files_loads_with_from_pretrained(tmp_path
     back = AutoModelForCausalLM.from_pretrained(tmp_path)
     sd = back.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_equal_one_node_and_resume(tmp_path):
+    """`torchrun --nnodes=2 --nproc_per_node=1 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT` started once per
+    node (here both on this machine, gloo): global rank 1 has LOCAL_RANK 0 on its node. Two iterations equal
+    one node x 2 ranks bitwise (the same layout, the same collectives), and so does a run stopped after its
+    first checkpoint and resumed on two nodes. The out_dir is shared, as it must be across real nodes."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), CANNED_FIRST="2")
+    script = str(ROOT / "tests" / "dist_loop.py")
+    args = lambda out, extra: loop_args(tmp_path, out, ["--save_every=1", *SMALL, *extra])
+
+    def one_node(out, extra):
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            script, *args(out, extra)], capture_output=True, text=True, env=env, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+    def two_nodes(out, extra):
+        port = _free_port()
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                  "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}", f"--rdzv-id=two-nodes-{port}",
+                  script, *args(out, extra)]
+        nodes = [subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+        outs = [n.communicate(timeout=600) for n in nodes]
+        for n, (o, e) in zip(nodes, outs):
+            assert n.returncode == 0, e[-3000:]
+        return "".join(o for o, _ in outs)
+
+    one_node(tmp_path / "one", ["--iterations=2"])
+    log = two_nodes(tmp_path / "two", ["--iterations=2"])
+    assert log.count("INFUSER | preset tiny | world 2") == 1               # printed by global rank 0 only
+    two_nodes(tmp_path / "cut", ["--iterations=1"])
+    assert "resumed from" in two_nodes(tmp_path / "cut", ["--iterations=2", "--resume"])
+    for run in ("two", "cut"):
+        for role in ("generator", "solver"):
+            a = load_file(tmp_path / "one" / "ckpt_00001" / role / "model.safetensors")
+            b = load_file(tmp_path / run / "ckpt_00001" / role / "model.safetensors")
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (run, role)
+        oa, ob = (dcp_tensors(tmp_path / r / "ckpt_00001") for r in ("one", run))
+        assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa), run
+        assert untimed(read_jsonl(tmp_path / "one" / "metrics.jsonl")) == untimed(read_jsonl(tmp_path / run / "metrics.jsonl"))
+    assert sorted(p.name for p in (tmp_path / "cut" / "ckpt_00001" / "rng").iterdir()) == ["rank_0.pt", "rank_1.pt"]
