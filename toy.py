@@ -245,7 +245,7 @@ GENERATOR_MODES = ("target", "wrong_key", "lookup", "prose", "empty", "cut", "th
 
 
 def generator_opening(on_target_share: float | None = None) -> dict:
-    """The opening mixture with the scarcity knob (issue 17): `on_target_share` is the share of on-target
+    """The opening mixture with the scarcity knob (experiments/scarcity.py): `on_target_share` is the share of on-target
     (two-step) questions among the anchor's valid drafts, ignoring the key's correctness. None keeps today's
     mixture (0.45 x 0.6 = 0.27 valid two-step drafts against 0.30 valid look-ups: 47%). Only the two-step
     weight moves; look-ups, prose and empty drafts keep their weights, and a two-step draft keeps its
@@ -708,7 +708,7 @@ def main(argv=None):
     p.add_argument("--pretrain", action="store_true", help="pretrain the anchor (deterministic)")
     p.add_argument("--out", default=None, help="where --pretrain writes (default: assets/toy_anchor)")
     p.add_argument("--on-target-share", type=float, default=None,
-                   help="--pretrain a scarcer anchor: share of on-target drafts among its valid ones (issue 17)")
+                   help="--pretrain a scarcer anchor: share of on-target drafts among its valid ones (experiments/scarcity.py)")
     p.add_argument("--report", action="store_true", help="measure the anchor (or --model) on the world")
     p.add_argument("--model", default=None, help="a checkpoint directory to --report on instead")
     p.add_argument("--n", type=int, default=4, help="solver samples per question for --report")

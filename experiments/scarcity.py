@@ -1,4 +1,4 @@
-"""experiments/scarcity.py -- the scarcity sweep of issue 17, preregistered in docs/preregistration.md.
+"""experiments/scarcity.py -- the scarcity sweep, preregistered in docs/preregistration.md.
 
     python experiments/scarcity.py                 # anchors (if missing), every run, the report
     python experiments/scarcity.py --report-only   # the report from the finished runs
@@ -198,7 +198,7 @@ def verdicts(res: dict) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = ["# Scarcity sweep (issue 17; predictions: docs/preregistration.md)", ""]
+    lines = ["# Scarcity sweep (predictions: docs/preregistration.md)", ""]
     for level, lv in res["levels"].items():
         lines += [f"## {level}", "", "| variant | test acc (mean ± std) | on-target share first 5 → last 5 | "
                   "wrong-key share | useful share | INFUSER − it [95% CI] |", "|---|---|---|---|---|---|"]

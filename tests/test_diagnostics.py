@@ -143,7 +143,7 @@ def test_several_test_sets_each_get_a_curve(tmp_path, monkeypatch):
     s, h = out["summary"], out["history"]
     for name in ("dev", "other"):
         assert 0 <= s[f"test_acc_start/{name}"] <= 1 and 0 <= s[f"test_acc_end/{name}"] <= 1
-    assert f"test_acc/other" in h[0] and "test_acc/other" not in h[1]       # every 1, the last is the end
+    assert "test_acc/other" in h[0] and "test_acc/other" not in h[1]       # every 1, the last is the end
     assert s["test_acc_start"] == s["test_acc_start/dev"] and h[0]["test_acc"] == h[0]["test_acc/dev"]
     with pytest.raises(train.ConfigError, match="twice"):
         train.main(loop_args(tmp_path, tmp_path / "dup", [f"--test={other},{other}", *SMALL]))

