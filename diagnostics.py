@@ -52,11 +52,11 @@ def _rate(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict, seen: set[int],
+def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | None, seen: set[int],
                       seconds: dict[str, float], docs_too_long: int = 0) -> dict:
     """Every diagnostic of one iteration (module docstring). dev / sol: infuser.Graded (dev may be None);
     drafts: this rank's infuser.Draft records (rewards filled when the generator trains); valid: this rank's
-    valid questions; scores: {gid: influence}; seen: hashes of the valid questions of earlier iterations, to
+    valid questions; scores: {gid: influence}, None when the run computes no influence; seen: hashes of the valid questions of earlier iterations, to
     which this iteration's are added; seconds: {phase: this rank's seconds}."""
     from questions import REJECT_REASONS
     sol_by, sol_rewards = sol.by_group(), {}
@@ -66,7 +66,7 @@ def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict, se
         "dev": [(g, tuple(c)) for g, c in dev.by_group().items()] if dev is not None else None,
         "dev_tokens": sum(len(s.response_ids) for s in dev.samples) if dev is not None else 0,
         "valid": [(q.gid, q.text, (q.choices or None) and len(q.choices), q.answer, tuple(sol_by.get(q.gid, ())),
-                   scores.get(q.gid, 0.0), len(set(sol_rewards.get(q.gid, ()))) > 1, q.doc_id) for q in valid],
+                   (scores or {}).get(q.gid, 0.0), len(set(sol_rewards.get(q.gid, ()))) > 1, q.doc_id) for q in valid],
         "drafts": [(d.question.gid, d.question.rejected, None if d.sample is None else len(d.sample.response_ids),
                     d.sample is not None and d.sample.finish_reason == "length", d.reward,
                     None if d.doc is None else d.doc.gid, d.kept) for d in drafts],
@@ -116,7 +116,7 @@ def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict, se
              solver_signal_rate=_rate(sum(v[6] for v in valid_all), n_v),
              solver_resp_len=_rate(sum(x[0] for x in sol_all), len(sol_all)),
              solver_trunc_rate=_rate(sum(x[1] for x in sol_all), len(sol_all)))
-    signal = [v[5] for v in valid_all if len(set(v[4])) > 1]         # influence of the groups with signal
+    signal = [v[5] for v in valid_all if len(set(v[4])) > 1] if scores is not None else []   # groups with signal
     if signal:
         mean = sum(signal) / len(signal)
         std = math.sqrt(sum((s - mean) ** 2 for s in signal) / (len(signal) - 1)) if len(signal) > 1 else 0.0

@@ -428,7 +428,8 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, batch: list[dict]
         acc = sol.by_group()
         log_questions([_question_record(it, d, acc, scores) for d in drafts])
     m.finish([("dev_rollout", dev), ("solver_rollout", sol)])
-    m.update(diagnostics.iteration_metrics(cfg, dev, drafts, valid, sol, scores, seen, m.times, too_long))
+    m.update(diagnostics.iteration_metrics(cfg, dev, drafts, valid, sol, scores if uses_influence(cfg) else None,
+                                           seen, m.times, too_long))
     m.update({f"gen_{k}": v for k, v in gen_stats.items()})
     m.update({f"solver_{k}": v for k, v in solver_stats.items()})
     if uses_influence(cfg) and m["valid"] and not m.get("dev_signal_groups"):
