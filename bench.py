@@ -1,4 +1,4 @@
-"""bench.py -- performance measurements, side by side, as ratios (DESIGN.md). Not tests: nothing here
+"""bench.py -- performance measurements, side by side, as ratios. Not tests: nothing here
 asserts a speed, and nothing here is run by CI.
 
     python bench.py              # every bench

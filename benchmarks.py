@@ -9,7 +9,7 @@ benchmark brings its rules with it: every `Item` grades itself (`Item.grade`) by
              (last box, first box, Minerva "Final Answer" line, last "ANSWER:" line; also the rule of
              generated free-form questions, whose data_source is "math"), mmlu_pro_letter (tried before
              the box), aime_equal (integer comparison after unit suffixes), free_form_answer (by source)
-  grade      (response, ground_truth, choices=None, *, source=None) -> 1.0 / 0.0 / None, the DESIGN.md
+  grade      (response, ground_truth, choices=None, *, source=None) -> 1.0 / 0.0 / None, the public
              contract, re-exported as evaluate.grade; grade_many for lists, from threads
   loaders    a registry (math500, gsm8k, aime2024, aime2025, olympiadbench, mmlu_pro, supergpqa,
              gpqa_diamond): a local JSONL (`--data-dir`, or $INFUSER_DATA_DIR), or the hub dataset id

@@ -6,7 +6,7 @@ The pieces live where the loop can use them without the evaluation code (their n
                  grader (math-verify OR the rule-based judge, in a killable worker process, one deadline per
                  grade). MCQ grading never touches it and is linear in the response length.
   benchmarks.py  `grade(response, ground_truth, choices=None, *, source=None)` -> 1.0 / 0.0 / None (the
-                 DESIGN.md contract; `source`, the official data_source, picks each row's rules), the
+                 public contract; `source`, the official data_source, picks each row's rules), the
                  registry of rows with their loaders (a local JSONL in `--data-dir`, or the hub dataset),
                  the code rows' harnesses, and `run_program` (sandbox.py) that runs a model's program.
   this file      `evaluate(engine, items, params)` -> report dict (avg@k, pass@k, extraction failures,
@@ -55,12 +55,11 @@ import sys
 import time
 from dataclasses import asdict
 
-from benchmarks import (BENCHMARKS, PAPER_SUITE, Benchmark, Item, aime_equal, free_form_answer, grade,  # noqa: F401
-                        grade_many, load_benchmark, math_answer, minerva_normalize, mmlu_pro_letter, read_jsonl,
-                        verify_math)
-from grading import (LETTERS, FREE_FORM_SYSTEM_PROMPT, MCQ_SYSTEM_PROMPT, MCQ_USER_PROMPT,  # noqa: F401 (re-exports)
-                     DEFAULT_TIMEOUT, extract_boxed, key_letter, math_equal, math_parseable, mcq_letter,
-                     set_math_workers, solver_messages, strip_wrappers)
+# grade and math_parseable are public names (external checks call them); the others serve the tests
+from benchmarks import (BENCHMARKS, PAPER_SUITE, Item, aime_equal, grade, grade_many,  # noqa: F401 (re-exports)
+                        load_benchmark, minerva_normalize, verify_math)
+from grading import (LETTERS, DEFAULT_TIMEOUT, extract_boxed, key_letter, math_equal,  # noqa: F401 (re-exports)
+                     math_parseable, mcq_letter, set_math_workers, solver_messages)
 
 
 # -----------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""records.py -- the records that cross files (DESIGN.md "Records"): sampling settings, samples, and
+"""records.py -- the records that cross files: sampling settings, samples, and
 rollouts as tensors, plus the one method every engine has (Engine) and render_prompt (chat messages -> prompt ids). Only torch.
 
 Shapes: N rollouts, T tokens. Convention: logprobs[n, t] = log p(input_ids[n, t] | input_ids[n, <t]).
@@ -59,7 +59,7 @@ class Sample:
 
 @dataclass
 class Rollouts:
-    """A batch of rollouts as tensors (DESIGN.md). Rows are prompt + response, right-padded.
+    """A batch of rollouts as tensors. Rows are prompt + response, right-padded.
 
     input_ids [N, T] long; attention_mask [N, T] long; response_mask [N, T] float, 1 on scored response
     tokens; group_ids [N] long (one id per prompt); rewards [N] float; sampler_logprobs [N, T] float or
