@@ -11,31 +11,19 @@ import random
 
 import infuser
 from config import Config, ConfigError
-from benchmarks import Item, load_benchmark, utf8_line
+from benchmarks import Item, load_benchmark
+from benchmarks import read_jsonl as benchmarks_read_jsonl
 from grading import LETTERS, key_letter
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """Rows of a JSONL file; a clear one-line error for a missing file or a malformed line."""
+    """Rows of a JSONL file (benchmarks.read_jsonl); a missing file or a malformed line is one ConfigError line."""
     if not os.path.isfile(path):
         raise ConfigError(f"file not found: {path}")
-    rows = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = utf8_line(path, n, raw)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+    try:
+        return [row for _, row in benchmarks_read_jsonl(path)]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_documents(spec: str) -> list[dict]:

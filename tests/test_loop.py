@@ -264,7 +264,7 @@ def test_malformed_jsonl_line_is_named(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()
-    assert len(line) == 1 and f"{docs}:2: malformed JSON" in line[0]
+    assert len(line) == 1 and f"{docs}:2: not valid JSON" in line[0]
 
 
 @pytest.mark.parametrize("extra,check", [

@@ -253,7 +253,7 @@ def test_an_invalid_configuration_with_overwrite_deletes_nothing(tmp_path):
     for flags, needle in [(["--iterations=0"], "--iterations must be >= 1"),
                           ([f"--question_source={q}"], "--question_source needs --fix_generator"),
                           (["--dtype=float64"], "float64 is all or nothing"),
-                          ([f"--dev={bad}"], "malformed JSON"),
+                          ([f"--dev={bad}"], "not valid JSON"),
                           (["--model=/nonexistent/model"], "--model=/nonexistent/model:")]:
         one_line_error(run_cli("--preset", "tiny", f"--out_dir={out}", "--overwrite", *flags), needle)
         assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, flags
