@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from typing import NamedTuple
 
 from dist import gather
 
@@ -52,12 +53,34 @@ def _rate(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
+class _ValidRow(NamedTuple):          # one valid question, as a rank sends it
+    gid: int
+    text: str
+    n_choices: int | None                # None: free-form
+    key: str
+    correct: tuple                       # its solver rollouts' correctness
+    influence: float
+    rewards_vary: bool
+    doc_id: str
+
+
+class _DraftRow(NamedTuple):          # one draft, as a rank sends it
+    gid: int
+    rejected: str | None
+    resp_len: int | None                 # None: a pre-generated question (no sample)
+    truncated: bool
+    reward: float | None
+    doc_gid: int | None
+    kept: bool
+
+
 def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | None, seen: set[int],
                       seconds: dict[str, float], docs_too_long: int = 0) -> dict:
     """Every diagnostic of one iteration (module docstring). dev / sol: infuser.Graded (dev may be None);
     drafts: this rank's infuser.Draft records (rewards filled when the generator trains); valid: this rank's
-    valid questions; scores: {gid: influence}, None when the run computes no influence; seen: hashes of the valid questions of earlier iterations, to
-    which this iteration's are added; seconds: {phase: this rank's seconds}."""
+    valid questions; scores: {gid: influence}, None when the run computes no influence; seen: hashes of the
+    valid questions of earlier iterations, to which this iteration's are added; seconds: {phase: this rank's
+    seconds}."""
     from questions import REJECT_REASONS
     sol_by, sol_rewards = sol.by_group(), {}
     for g, r in zip(sol.group_ids, sol.rewards):
@@ -65,11 +88,13 @@ def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | N
     mine = {
         "dev": [(g, tuple(c)) for g, c in dev.by_group().items()] if dev is not None else None,
         "dev_tokens": sum(len(s.response_ids) for s in dev.samples) if dev is not None else 0,
-        "valid": [(q.gid, q.text, (q.choices or None) and len(q.choices), q.answer, tuple(sol_by.get(q.gid, ())),
-                   (scores or {}).get(q.gid, 0.0), len(set(sol_rewards.get(q.gid, ()))) > 1, q.doc_id) for q in valid],
-        "drafts": [(d.question.gid, d.question.rejected, None if d.sample is None else len(d.sample.response_ids),
-                    d.sample is not None and d.sample.finish_reason == "length", d.reward,
-                    None if d.doc is None else d.doc.gid, d.kept) for d in drafts],
+        "valid": [_ValidRow(q.gid, q.text, len(q.choices) if q.choices else None, q.answer,
+                            tuple(sol_by.get(q.gid, ())), (scores or {}).get(q.gid, 0.0),
+                            len(set(sol_rewards.get(q.gid, ()))) > 1, q.doc_id) for q in valid],
+        "drafts": [_DraftRow(d.question.gid, d.question.rejected,
+                             None if d.sample is None else len(d.sample.response_ids),
+                             d.sample is not None and d.sample.finish_reason == "length", d.reward,
+                             None if d.doc is None else d.doc.gid, d.kept) for d in drafts],
         "sol": [(len(s.response_ids), s.finish_reason == "length") for s in sol.samples],
         "seconds": seconds, "docs_too_long": docs_too_long,
     }
@@ -81,24 +106,24 @@ def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | N
     n_q, n_v = len(drafts_all), len(valid_all)
     m.update(questions=n_q, valid=n_v, valid_rate=_rate(n_v, n_q),
              docs_too_long=sum(p["docs_too_long"] for p in parts))
-    m.update({f"reject_{r}": sum(d[1] == r for d in drafts_all) for r in REJECT_REASONS})
-    gen_lens = [d for d in drafts_all if d[2] is not None]
-    m.update(gen_resp_len=_rate(sum(d[2] for d in gen_lens), len(gen_lens)),
-             gen_trunc_rate=_rate(sum(d[3] for d in gen_lens), len(gen_lens)))
-    rewards = [d[4] for d in drafts_all if d[4] is not None]
+    m.update({f"reject_{r}": sum(d.rejected == r for d in drafts_all) for r in REJECT_REASONS})
+    sampled = [d for d in drafts_all if d.resp_len is not None]
+    m.update(gen_resp_len=_rate(sum(d.resp_len for d in sampled), len(sampled)),
+             gen_trunc_rate=_rate(sum(d.truncated for d in sampled), len(sampled)))
+    rewards = [d.reward for d in drafts_all if d.reward is not None]
     if rewards:
         mean = sum(rewards) / len(rewards)
         m.update(gen_reward_mean=mean, gen_reward_std=math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)),
-                 gen_docs_kept=len({d[5] for d in drafts_all if d[6]}))
+                 gen_docs_kept=len({d.doc_gid for d in drafts_all if d.kept}))
     # --- what the valid questions look like -----------------------------------------------------------
-    hashes = [question_hash(v[1]) for v in valid_all]
+    hashes = [question_hash(v.text) for v in valid_all]
     count: dict[int, int] = {}
     docs_of: dict[int, set] = {}
     for h, v in zip(hashes, valid_all):
         count[h] = count.get(h, 0) + 1
-        docs_of.setdefault(h, set()).add(v[7])
-    bigrams = [b for v in valid_all for w in [normalise(v[1]).split()] for b in zip(w, w[1:])]
-    keys = [v[3] for v in valid_all if v[2]]                           # multiple choice: the key's letter
+        docs_of.setdefault(h, set()).add(v.doc_id)
+    bigrams = [b for v in valid_all for w in [normalise(v.text).split()] for b in zip(w, w[1:])]
+    keys = [v.key for v in valid_all if v.n_choices]                   # multiple choice: the key's letter
     m.update(q_duplicate_rate=_rate(sum(count[h] > 1 for h in hashes), n_v),
              q_cross_doc_duplicate_rate=_rate(sum(len(docs_of[h]) > 1 for h in hashes), n_v),
              q_seen_rate=_rate(sum(h in seen for h in hashes), n_v),
@@ -106,17 +131,17 @@ def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | N
              q_key_entropy=_entropy_bits([keys.count(k) for k in sorted(set(keys))]))
     seen.update(hashes)
     # --- the solver on them ------------------------------------------------------------------------
-    rates = [sum(v[4]) / len(v[4]) for v in valid_all if v[4]]
+    rates = [sum(v.correct) / len(v.correct) for v in valid_all if v.correct]
     hist = [0] * 5
     for r in rates:
         hist[min(int(r * 5), 4)] += 1
-    ok = sum(x for v in valid_all for x in v[4])
-    m.update(question_solve_rate=_rate(ok, sum(len(v[4]) for v in valid_all)),
+    ok = sum(x for v in valid_all for x in v.correct)
+    m.update(question_solve_rate=_rate(ok, sum(len(v.correct) for v in valid_all)),
              q_solve_hist=[_rate(h, len(rates)) for h in hist],
-             solver_signal_rate=_rate(sum(v[6] for v in valid_all), n_v),
+             solver_signal_rate=_rate(sum(v.rewards_vary for v in valid_all), n_v),
              solver_resp_len=_rate(sum(x[0] for x in sol_all), len(sol_all)),
              solver_trunc_rate=_rate(sum(x[1] for x in sol_all), len(sol_all)))
-    signal = [v[5] for v in valid_all if len(set(v[4])) > 1] if scores is not None else []   # groups with signal
+    signal = [v.influence for v in valid_all if len(set(v.correct)) > 1] if scores is not None else []
     if signal:
         mean = sum(signal) / len(signal)
         std = math.sqrt(sum((s - mean) ** 2 for s in signal) / (len(signal) - 1)) if len(signal) > 1 else 0.0
@@ -129,7 +154,7 @@ def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | N
         m["dev_signal_rate"] = _rate(m["dev_signal_groups"], len(dev_all))
     # --- throughput: generated tokens of all ranks over the slowest rank's seconds ----------------------
     tokens = {"dev_rollout": sum(p["dev_tokens"] for p in parts),
-              "generation": sum(d[2] or 0 for d in drafts_all), "solver_rollout": sum(x[0] for x in sol_all)}
+              "generation": sum(d.resp_len or 0 for d in drafts_all), "solver_rollout": sum(x[0] for x in sol_all)}
     for phase, n in tokens.items():
         secs = max(p["seconds"].get(phase, 0.0) for p in parts)
         m[f"tokens_per_s/{phase}"] = _rate(n, secs)
