@@ -361,6 +361,101 @@ def bench_solver_update() -> list[dict]:
     return rows
 
 
+def _length_sets(n: int = 32) -> dict[str, list[tuple[int, int]]]:
+    """(prompt, response) token lengths of n rollouts: the toy's (its anchor's tokenizer on real toy dev
+    prompts and solver responses), and a long tail standing in for 8k-token RL responses at a quarter of
+    the scale: prompts 32-128, responses 16 x Pareto(1.1) capped at 1024 (most short, a few truncated)."""
+    import random
+    import toy
+    from grading import solver_messages
+    from records import render_prompt
+    tok = toy.load_anchor()[1]
+    rng = random.Random(0)
+    world = toy.build_world()
+    items = [world.dev[i % len(world.dev)] for i in range(n)]
+    sets = {"toy": [(len(render_prompt(tok, solver_messages(x["question"], x["choices"]))),
+                     len(tok(toy.solver_response(x["question"], x["choices"], rng))["input_ids"])) for x in items]}
+    sets["long_tail"] = [(rng.randint(32, 128), min(1024, int(16 * rng.paretovariate(1.1)))) for _ in range(n)]
+    return sets
+
+
+def _packing_worker(lengths, budget: int, micro: int, repeats: int, conn, shape=None) -> None:
+    """One PPO update (infuser.ppo_update: packs, forwards, backwards, clip, AdamW) of rollouts with these
+    lengths on a small Qwen3 (or one of `shape` on the GPU, bf16 autocast): micro-batches of `micro` rows
+    in order (budget 0) or by a token budget."""
+    from types import SimpleNamespace
+    import fixtures
+    import infuser
+    import train
+    from records import Rollouts
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    torch.manual_seed(0)
+    if shape is None:
+        model = fixtures.tiny_qwen3(vocab_size=2048, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                                   head_dim=32, intermediate_size=384)
+    else:
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        from rollout import set_activation_checkpointing
+        model = Qwen3ForCausalLM(Qwen3Config(**shape)).cuda()
+        set_activation_checkpointing(model, True)
+    vocab = model.config.vocab_size
+    n, t = len(lengths), max(p + r for p, r in lengths)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (n, t), generator=gen)
+    pos = torch.arange(t)[None]
+    width = torch.tensor([p + r for p, r in lengths])[:, None]
+    am = (pos < width).long()
+    rm = ((pos >= torch.tensor([p for p, _ in lengths])[:, None]) & (pos < width)).float()
+    gids = torch.arange(n) // 8
+    roll = Rollouts(ids * am, am, rm, gids, torch.randint(0, 2, (n,), generator=gen).float(), None)
+    cfg = train.parse_config(["--preset", "tiny", f"--micro_batch={micro}", f"--micro_batch_tokens={budget}",
+                              f"--ppo_minibatch_groups={n // 8}", "--n_solver=8"])
+    role = SimpleNamespace(name="solver", model=model,
+                           optimizer=torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01))
+    adv = torch.linspace(-1, 1, n)
+    w = roll.widths().tolist()
+    batches = infuser.micro_batches(cfg, w)
+    padded = sum(len(b) * max(w[i] for i in b) for b in batches)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if shape else contextlib.nullcontext()
+
+    def update():
+        with amp:
+            infuser.ppo_update(role, cfg, roll, adv, sorted(set(gids.tolist())))
+        if shape:
+            torch.cuda.synchronize()
+    update()                                                   # warm-up
+    _, best, best_cpu = _best_of(update, repeats)
+    out = {"cpu_seconds": best_cpu, "seconds": best, "passes": len(batches), "tokens": sum(w), "padded": padded}
+    if conn is None:
+        return out
+    conn.send(out)
+
+
+def _packing_rows(lengths_sets, run) -> list[dict]:
+    rows = []
+    for name, lengths in lengths_sets.items():
+        widest = max(p + r for p, r in lengths)
+        lengths = __import__("random").Random(1).sample(lengths, len(lengths))    # the order rollouts come in
+        before, after = run(lengths, 0), run(lengths, 8 * widest)
+        share = lambda r: 1 - r["tokens"] / r["padded"]
+        rows.append({"lengths": name, "rows": len(lengths), "widest": widest, "tokens": before["tokens"],
+                     "passes_before": before["passes"], "passes_after": after["passes"],
+                     "pad_share_before": round(share(before), 3), "pad_share_after": round(share(after), 3),
+                     "cpu_s_before": round(before["cpu_seconds"], 3), "cpu_s_after": round(after["cpu_seconds"], 3),
+                     "wall_s_before": round(before["seconds"], 3), "wall_s_after": round(after["seconds"], 3),
+                     "after/before cpu": round(after["cpu_seconds"] / before["cpu_seconds"], 3),
+                     "after/before wall": round(after["seconds"] / before["seconds"], 3)})
+    return rows
+
+
+def bench_packing() -> list[dict]:
+    """PPO micro-batches of 8 rows in the order they come (micro_batch=8) against rows sorted by length and
+    packed under the token budget that matches them (micro_batch_tokens = 8 x the widest row: the same
+    worst case, so the same memory plan; no more passes), on the toy's lengths and on a long tail: the
+    padded-token share (padding / padded tokens), the passes, and the CPU time of one update, as ratios."""
+    return _packing_rows(_length_sets(), lambda lengths, budget: _in_process(_packing_worker, lengths, budget, 8, 3))
+
+
 def bench_rollout() -> list[dict]:
     import fixtures
     import rollout
@@ -492,7 +587,8 @@ def bench_gpu() -> list[dict]:
     download) in bf16 compute, and
       1 one full INFUSER iteration with the HF engine (train.main, tiny preset data, the model above),
       2 the influence pass against the paper's per-question loop: time ratio and score agreement,
-      3 solver update micro-steps: response tokens/s and MFU (6 x params x tokens/s over the GPU's peak),
+      3 solver update micro-steps: response tokens/s and MFU (6 x params x tokens/s over the GPU's peak);
+        a PPO update of 32 long-tailed rows (<= 8k-token responses), micro-batches by tokens vs by rows,
       4 every phase of the memory plan run for real (plan.run_phases on the GPU; torch.cuda peak allocated
         above the phase's start) against the plan's prediction for the same settings on fake tensors.
     Writes runs/bench/gpu.json (every figure)."""
@@ -584,6 +680,14 @@ def bench_gpu() -> list[dict]:
                  "mfu": round(6 * n_params * n_tok / dt / (peak * 1e12), 4) if peak and cuda else None})
     model = opt = None                     # free them before the memory plan (the lambdas above are done)
 
+    # 3b. PPO micro-batches by a token budget against micro_batch rows, on a long tail of response lengths
+    import random
+    rng, k = random.Random(0), 1 if tiny else 8                  # on the GPU: up to 8k-token responses
+    tail = {"long_tail": [(rng.randint(32, 128) * k, min(1024 * k, int(16 * k * rng.paretovariate(1.1))))
+                          for _ in range(32)]}
+    for r in _packing_rows(tail, lambda lens_, b: _packing_worker(lens_, b, 8, 2, None, shape if cuda else None)):
+        rows.append({"check": "packing", **r})
+
     # 4. the memory plan, predicted (fake tensors) and measured (the same phases on this device)
     pcfg = train.parse_config(["--preset", "tiny", f"--compute_dtype={dtype}", f"--max_prompt_tokens={lens[0]}",
                                f"--solver_max_new_tokens={lens[1]}", f"--gen_max_new_tokens={lens[1]}",
@@ -630,7 +734,7 @@ def bench_parse() -> list[dict]:
 
 
 BENCHES = {"parse": bench_parse, "influence": bench_influence, "influence_fsdp": bench_influence_fsdp, "solver_update": bench_solver_update,
-           "rollout": bench_rollout,
+           "packing": bench_packing, "rollout": bench_rollout,
            "loop": bench_loop, "gpu": bench_gpu}
 
 

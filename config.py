@@ -71,6 +71,7 @@ class Config:
     ppo_minibatch_groups: int = 32       # whole groups per optimizer step (32 x 8 = 256 responses)
     ppo_epochs: int = 1
     micro_batch: int = 8                 # rollouts per forward/backward (gradient accumulation only)
+    micro_batch_tokens: int = 0          # >0: PPO micro-batches packed by padded tokens instead (rows by length)
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float = 3.0
@@ -116,27 +117,28 @@ PRESETS: dict[str, dict] = {
     # the paper recipes (algorithm.md §9): give --documents and --dev paths to the released data, and
     # --test=A,B,... the benchmark mix to monitor (measured as the paper's recipes do: n=1, first, every 5, last)
     # Memory knobs (micro_batch, influence_tokens, activation_checkpointing, vllm share) are set so that
-    # `python train.py --preset NAME --plan` fits (README "Memory plan"); they change no number of the
-    # maths (micro-batches are gradient accumulation only; the paper's code uses 8 / 4 per GPU).
+    # `python train.py --preset NAME --plan` fits (docs/memory.md); they change no number of the maths
+    # (micro-batches are gradient accumulation only). micro_batch is the paper code's per GPU (8 / 4), and
+    # micro_batch_tokens the budget of as many full-length rows: short rows share a pass, padding shrinks.
     "qwen3-4b-base": dict(model="Qwen/Qwen3-4B-Base", documents="", dev="", test="", test_every=5, test_samples=1, solver_lr=2e-6,
-                          generator_lr=6e-6, micro_batch=4, compute_dtype="bfloat16", engine="vllm",
+                          generator_lr=6e-6, micro_batch=8, micro_batch_tokens=8 * 12288, compute_dtype="bfloat16", engine="vllm",
                           iterations=100, save_every=5, activation_checkpointing=True, influence_tokens=24576,
                           influence_chunk=4, vllm_gpu_memory_utilization=0.5),
     "qwen3-8b-base": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", test_every=5, test_samples=1, solver_lr=2e-6,
-                          generator_lr=4e-6, micro_batch=2, compute_dtype="bfloat16", engine="vllm",
+                          generator_lr=4e-6, micro_batch=4, micro_batch_tokens=4 * 12288, compute_dtype="bfloat16", engine="vllm",
                           iterations=100, save_every=5, activation_checkpointing=True, influence_tokens=16384,
                           influence_chunk=4, vllm_gpu_memory_utilization=0.5),
     # INFUSER+RLVR: hybrid documents (science + Putnam/AIME-history math) and a mixed dev set, mid-EOS -0.5
     "rlvr-hybrid": dict(model="Qwen/Qwen3-8B-Base", documents="", dev="", test="", test_every=5, test_samples=1, solver_lr=2e-6,
-                        generator_lr=4e-6, micro_batch=2, compute_dtype="bfloat16", engine="vllm",
-                        solver_mid_eos_penalty=-0.5, iterations=100, save_every=5, activation_checkpointing=True,
+                        generator_lr=4e-6, micro_batch=4, micro_batch_tokens=4 * 12288, compute_dtype="bfloat16",
+                        engine="vllm", solver_mid_eos_penalty=-0.5, iterations=100, save_every=5, activation_checkpointing=True,
                         influence_tokens=16384, influence_chunk=4, vllm_gpu_memory_utilization=0.5),
     # what someone with one GPU runs first: Qwen3-1.7B-Base, short lengths, 5 iterations (fits 1 x 141 GB)
     "qwen3-1.7b-smoke": dict(model="Qwen/Qwen3-1.7B-Base", documents="", dev="", test="", solver_lr=2e-6,
                              generator_lr=6e-6, compute_dtype="bfloat16", engine="vllm", iterations=5,
                              save_every=5, doc_batch_size=16, n_gen=4, n_solver=4, max_prompt_tokens=2048,
                              gen_max_new_tokens=2048, solver_max_new_tokens=2048, ppo_minibatch_groups=8,
-                             micro_batch=8, activation_checkpointing=True, influence_tokens=16384,
+                             micro_batch=8, micro_batch_tokens=8 * 4096, activation_checkpointing=True, influence_tokens=16384,
                              influence_chunk=4, vllm_gpu_memory_utilization=0.4, plan_world_size=1, plan_gpu_gb=141.0),
 }
 
@@ -236,7 +238,7 @@ def validate(cfg: Config) -> None:
                 "influence_chunk", "influence_tokens", "ppo_epochs", "test_samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1")
-    for key in ("save_every", "keep_last", "test_every", "dev_limit", "alarm_test_drops"):
+    for key in ("save_every", "keep_last", "test_every", "dev_limit", "alarm_test_drops", "micro_batch_tokens"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"--{key} must be >= 0")
     if cfg.n_solver < 2:

@@ -3,8 +3,8 @@
   group_advantages   per group of rollouts ("none" Dr.GRPO for the solver, "hybrid_std" DuGRPO for the
                      generator; "group_std", "batch_std" the generator ablations)
   varying_groups     the explicit zero-variance filter (§3.4, §5.2): callers decide where rows are dropped
-  token_logprobs     log p(input_ids[n,t] | input_ids[n,<t]) of logits / T, chunk by chunk: no second
-                     [N, T, V] float tensor in the forward; the backward allocates exactly one
+  token_logprobs     log p(input_ids[n,t] | input_ids[n,<t]) of logits / T from the LM head's input,
+                     block by block (head_logprobs): the [N, T, V] logits are never materialised
   tis_weights        token-level truncated importance weights min(pi_old / pi_sampler, cap) (§3.6)
   policy_loss        PPO clipped surrogate with dual clip, times the TIS weight, summed over response tokens
                      and divided by token_mean_normaliser (minibatch size x batch-mean response length)
@@ -13,6 +13,8 @@ rejection sampling, advantage clipping (off in every recipe). No model code, no 
 Shapes: N rollouts, T tokens, V vocabulary, K groups.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
@@ -86,9 +88,9 @@ def varying_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-token log-probs at a temperature
+# Per-token log-probs at a temperature, from the LM head's input: the [N, T, V] logits never exist
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 24   # floats per temporary chunk (64 MB in fp32)
+DEFAULT_CHUNK_ELEMENTS = 1 << 24   # logits per temporary block (64 MB in fp32)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -96,72 +98,110 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class _TemperedLogprob(torch.autograd.Function):
-    """log_softmax(logits / T).gather(targets), row chunk by row chunk. Forward keeps the logits plus an
-    [M] log-sum-exp; backward writes d logits = (onehot(target) - softmax(logits / T)) * g / T in place."""
+def _blocks(n: int, w: int, v: int, budget: int):
+    """(r0, r1, s0, s1) blocks of an [n, w] grid of positions with <= budget logits each (at least one
+    position): whole rows together while a row fits, else slices of one row."""
+    if w * v <= budget:
+        k = max(1, budget // max(w * v, 1))
+        return [(r, min(r + k, n), 0, w) for r in range(0, n, k)]
+    c = max(1, budget // v)
+    return [(r, r + 1, s, min(s + c, w)) for r in range(n) for s in range(0, w, c)]
+
+
+class _HeadLogprob(torch.autograd.Function):
+    """lp = log_softmax(h W^T / T).gather(targets), block by block. The forward keeps h (as nn.Linear
+    would) and an [N, W] log-sum-exp; the backward recomputes each block's logits (a lone block is kept
+    instead) and forms d logits = (onehot(target) - softmax(h W^T / T)) g / T, then dh = d W and
+    dW += d^T h (dW in fp32).
+    `tap`, when given (influence.py), sees every block: tap.block(r0, r1, h, d) and tap.done() at the end."""
 
     @staticmethod
-    def forward(ctx, logits, targets, temperature, chunk_rows):
-        # logits [M, V] (any float dtype, contiguous), targets [M] long
-        m, acc = logits.shape[0], acc_dtype(logits.dtype)
-        out = torch.empty(m, dtype=acc, device=logits.device)             # [M]
-        lse = torch.empty(m, dtype=acc, device=logits.device)             # [M]
-        for i in range(0, m, chunk_rows):
-            x = logits[i:i + chunk_rows].to(acc) / temperature            # [c, V] the only temporary
-            lse[i:i + chunk_rows] = torch.logsumexp(x, dim=-1)
-            out[i:i + chunk_rows] = x.gather(-1, targets[i:i + chunk_rows, None]).squeeze(-1) - lse[i:i + chunk_rows]
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+    def forward(ctx, hidden, weight, targets, temperature, budget, tap):
+        # hidden [N, W, H] (any strides), weight [V, H], targets [N, W] long
+        n, w, _ = hidden.shape
+        acc = acc_dtype(hidden.dtype)
+        out = torch.empty(n, w, dtype=acc, device=hidden.device)           # [N, W]
+        lse = torch.empty(n, w, dtype=acc, device=hidden.device)           # [N, W]
+        blocks = _blocks(n, w, weight.shape[0], budget)
+        for r0, r1, s0, s1 in blocks:
+            x = (hidden[r0:r1, s0:s1] @ weight.T).to(acc) / temperature     # [r, s, V] the only temporary
+            lse[r0:r1, s0:s1] = torch.logsumexp(x, dim=-1)
+            out[r0:r1, s0:s1] = x.gather(-1, targets[r0:r1, s0:s1, None]).squeeze(-1) - lse[r0:r1, s0:s1]
+        # a single block (all logits <= budget) is kept for the backward instead of recomputed
+        ctx.save_for_backward(hidden, weight, targets, lse, x if len(blocks) == 1 else None)
+        ctx.temperature, ctx.budget, ctx.tap = temperature, budget, tap
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, targets, lse = ctx.saved_tensors
-        t, c = ctx.temperature, ctx.chunk_rows
-        grad = torch.empty_like(logits)                                   # [M, V] the one big tensor
-        for i in range(0, logits.shape[0], c):
-            g = grad_out[i:i + c, None].to(lse.dtype)                     # [c, 1]
-            # softmax(logits / T) in place: in the output block itself when it has the accumulation dtype
-            inplace = grad.dtype == lse.dtype
-            d = grad[i:i + c] if inplace else torch.empty_like(logits[i:i + c], dtype=lse.dtype)
-            torch.div(logits[i:i + c], t, out=d)
-            d.sub_(lse[i:i + c, None]).exp_().mul_(-g)                     # -p * g
-            d.scatter_add_(-1, targets[i:i + c, None], g)                  # + onehot * g
+        hidden, weight, targets, lse, kept = ctx.saved_tensors
+        t, tap = ctx.temperature, ctx.tap
+        n, w, _ = hidden.shape
+        d_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)   # [N, W, H]
+        # dW in fp32; not formed under a tap (the influence pass differentiates down to the embeddings only)
+        d_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if tap is None else None
+        for r0, r1, s0, s1 in _blocks(n, w, weight.shape[0], ctx.budget):
+            h = hidden[r0:r1, s0:s1]                                       # [r, s, H]
+            g = grad_out[r0:r1, s0:s1, None].to(lse.dtype)                 # [r, s, 1]
+            d = (h @ weight.T).to(lse.dtype).div_(t) if kept is None else kept.clone()   # [r, s, V] logits / T
+            d.sub_(lse[r0:r1, s0:s1, None]).exp_().mul_(-g)               # -softmax * g
+            d.scatter_add_(-1, targets[r0:r1, s0:s1, None], g)             # + onehot * g
             d.div_(t)
-            if not inplace:
-                grad[i:i + c] = d
-        return grad, None, None, None
+            if tap is not None:
+                tap.block(r0, r1, h, d)
+            dl = d.to(weight.dtype)
+            d_hidden[r0:r1, s0:s1] = dl @ weight
+            if d_weight is not None:
+                d_weight += (dl.flatten(0, 1).T @ h.flatten(0, 1)).to(d_weight.dtype)
+        if tap is not None:
+            tap.done()
+        return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None, None, None
 
 
-def logprobs_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
-                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-    """logits [N, T, V] (logits[n, t] predicts token t+1), input_ids [N, T] -> lp [N, T] (fp32; fp64 for
-    fp64 logits), lp[n, t] = log p_T(input_ids[n, t] | input_ids[n, <t]), lp[:, 0] = 0: of the tempered
-    distribution, as the sampler reports it, so that pi_old / pi_sampler compares like with like."""
-    n, t, v = logits.shape
-    # targets for position t are the next tokens; the last position has no target (its value is unused)
-    nxt = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)          # [N, T]
-    rows = max(1, chunk_elements // max(v, 1))
-    lp_next = _TemperedLogprob.apply(logits.reshape(n * t, v), nxt.reshape(-1), float(temperature), rows)
-    lp_next = lp_next.view(n, t)                                          # lp of token t+1 at position t
-    return torch.cat([lp_next.new_zeros(n, 1), lp_next[:, :-1]], dim=1)  # [N, T] aligned
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, tap=None) -> torch.Tensor:
+    """hidden [N, W, H] (the LM head's input), weight [V, H] (a bias-free head), targets [N, W] ->
+    lp [N, W] (fp32; fp64 for fp64 inputs), lp[n, s] = log softmax(hidden[n, s] W^T / T)[targets[n, s]]:
+    the tempered distribution, as the sampler reports it, so that pi_old / pi_sampler compares like with like.
+    Peak memory of the logits: one block of <= chunk_elements, in the forward and in the backward."""
+    return _HeadLogprob.apply(hidden, weight, targets, float(temperature), int(chunk_elements), tap)
+
+
+@contextmanager
+def _head_returns_logprobs(model, targets, temperature, chunk_elements, tap):
+    """Inside the block, the model's LM head returns head_logprobs of its input (the last position, which
+    has no target, dropped) instead of logits: the model's own forward, so FSDP2 unshards the head as usual."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        raise ValueError(f"token_logprobs needs a bias-free nn.Linear LM head; {type(model).__name__} has "
+                         f"{type(head).__name__}")
+    own = head.__dict__.get("forward")
+    head.forward = lambda h: head_logprobs(h[:, :-1], head.weight, targets, temperature, chunk_elements, tap)
+    try:
+        yield
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
                    response_mask: torch.Tensor | None = None,
-                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-    """Aligned log-probs [N, T] of right-padded rows from `model` (HF-style, returns `.logits`). With
-    response_mask [N, T] the LM head runs only from the batch's first response token on (logits_to_keep):
-    for long prompts and a large vocabulary most of the logits' memory. Earlier positions are 0."""
+                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, tap=None) -> torch.Tensor:
+    """Aligned log-probs [N, T] of right-padded rows from an HF causal LM: lp[n, t] = log p_T(input_ids[n, t] |
+    input_ids[n, <t]), lp[:, 0] = 0. With response_mask [N, T] the LM head runs only from the batch's first
+    response token on (logits_to_keep); earlier positions are 0. The head runs as head_logprobs: logits
+    exist one block at a time, recomputed in the backward."""
     n, t = input_ids.shape
     start = 1
     if response_mask is not None and response_mask.any():
         start = max(int(response_mask.any(0).nonzero()[0].item()), 1)   # first column with a response token
-    keep = t - start + 1                                                  # logits of positions start-1 .. t-1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                   logits_to_keep=keep).logits                           # [N, keep, V]
-    lp = logprobs_from_logits(logits, input_ids[:, start - 1:], temperature, chunk_elements)  # [N, keep]
-    return torch.cat([lp.new_zeros(n, start), lp[:, 1:]], dim=1)         # [N, T] aligned
+    # positions start-1 .. t-1 reach the head; position p predicts token p + 1 (the last one: nothing)
+    with _head_returns_logprobs(model, input_ids[:, start:], temperature, chunk_elements, tap):
+        lp = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                   logits_to_keep=t - start + 1).logits                  # [N, T - start]
+    return torch.cat([lp.new_zeros(n, start), lp], dim=1)                # [N, T] aligned
 
 
 # ----------------------------------------------------------------------------------------------

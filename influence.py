@@ -17,7 +17,9 @@ algorithm.md §4) is
    activation gradients. A tap on every module's output saves its input x; its backward gets the output
    gradient delta and forms per-question weight gradients directly (Linear: g_q = sum_{tokens of q}
    delta_t x_t^T, one batched matmul), preconditioned and reduced before the next module's gradient
-   arrives. Tests compare it with 1. and with a float64 loop (tests/influence_reference.py), mode by mode.
+   arrives; the LM head (its logits never exist whole: dugrpo.head_logprobs) hands over its input and
+   logit gradient block by block instead. Tests compare it with 1. and with a float64 loop
+   (tests/influence_reference.py), mode by mode.
 Memory: each forward <= `max_tokens` padded tokens; activation checkpointing works in both paths. Owners:
 Linear, Embedding, 1-D affine norms (tied embeddings summed before preconditioning); others are an error.
 FSDP2: m from an ordinary backward (scaled by the world size to undo FSDP's averaging); the hook path
@@ -34,7 +36,7 @@ import torch.nn as nn
 
 from dist import all_reduce_, full, gather, local, max_over_ranks, rank_world, sharded
 from dugrpo import acc_dtype, group_advantages, tis_weights, token_logprobs, varying_groups
-from records import Rollouts
+from records import Rollouts, pack
 
 MODES = ("dot", "cosine", "preconditioned_dot", "preconditioned_cosine")
 TEMP_ELEMENTS = 1 << 26     # floats per fp32 temporary of the hook path (256 MB): slices bound the copies
@@ -136,11 +138,12 @@ def adamw_state(optimizer: torch.optim.Optimizer, param: nn.Parameter):
     return state.get("exp_avg_sq"), step, float(group["betas"][1]), float(group["eps"])
 
 
-def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_scale: torch.Tensor) -> torch.Tensor:
+def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_scale: torch.Tensor,
+                 tap=None) -> torch.Tensor:
     """sum_i row_scale_i A_i sum_t mask w_it (-log pi(y_it)), whose gradient is G's (algorithm.md §4.1): adv [N]
     over each row's WHOLE group, row_scale [N] = 1 / (n L); w_it detached; padding selected away (no nan)."""
     lp = token_logprobs(model, rollouts.input_ids, rollouts.attention_mask, temperature,
-                        rollouts.response_mask)                                            # [N, T]
+                        rollouts.response_mask, tap=tap)                                   # [N, T]
     on = rollouts.response_mask > 0
     lp = torch.where(on, lp, torch.zeros_like(lp))                 # select: no 0 * nan in the gradient
     slp = rollouts.sampler_logprobs
@@ -188,7 +191,7 @@ def _fill(scores, uniq, qids, dot, norm2, m, mode):
 def _backward_rows(model, rows, adv, scale: float, temperature, tis_cap, max_tokens: int) -> None:
     """.grad += scale * d pg_surrogate(rows) in micro-batches under the budget, equal pass counts on all ranks."""
     device = next(model.parameters()).device
-    batches = row_batches(_widths(rows).tolist(), max_tokens)
+    batches = pack(rows.widths().tolist(), max_tokens)              # longest rows together
     for s in range(max_over_ranks(len(batches))):
         idx, weight = (batches[s], 1.0) if s < len(batches) else ([0], 0.0)
         if len(rows) == 0:
@@ -198,30 +201,9 @@ def _backward_rows(model, rows, adv, scale: float, temperature, tis_cap, max_tok
         pg_surrogate(model, part.to(device), adv[idx].to(device), temperature, tis_cap, row_scale.to(device)).backward()
 
 
-def row_batches(widths: list[int], max_tokens: float, max_items: int | None = None) -> list[list[int]]:
-    """Consecutive items (rows, or questions) in batches whose padded size (items x widest item) stays
-    <= max_tokens, of at most max_items; an item wider than the budget gets a batch of its own."""
-    out, cur, cur_w = [], [], 0
-    for i, w in enumerate(widths):
-        nw = max(cur_w, w)
-        if cur and ((len(cur) + 1) * nw > max_tokens or (max_items is not None and len(cur) >= max_items)):
-            out.append(cur)
-            cur, nw = [], w
-        cur.append(i)
-        cur_w = nw
-    if cur:
-        out.append(cur)
-    return out
-
-
 def _kept(rollouts):
     """Rollouts of groups whose rewards vary (zero-variance groups carry no gradient)."""
     return rollouts.select(varying_groups(rollouts.rewards, rollouts.group_ids))
-
-
-def _widths(rollouts) -> torch.Tensor:
-    """[N] attended tokens of each right-padded row (its width once `select` trims it)."""
-    return rollouts.attention_mask.sum(-1).clamp(min=1)
 
 
 def filler() -> Rollouts:
@@ -278,13 +260,13 @@ def question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chun
     """(question ids [Q'] of this rank, <u_q, m> [Q'], ||u_q||^2 [Q']) for the varying groups `kept`."""
     device = next(model.parameters()).device
     l_gen, qids, rows_of = _questions(kept)
-    widths = _widths(kept)
+    widths = kept.widths()
     g_max = max_over_ranks(max((len(r) for r in rows_of), default=1))
     # pack whole questions into forwards of <= max_tokens padded tokens and <= chunk_questions questions
     q_width = [int(widths[rows].max()) for rows in rows_of]       # a question's forward: g_max x its width
     split = [j for j, w in enumerate(q_width) if g_max * w > max_tokens]
     fit = [j for j, w in enumerate(q_width) if g_max * w <= max_tokens]
-    chunks = [[fit[k] for k in b] for b in row_batches([q_width[j] for j in fit], max_tokens / g_max, chunk_questions)]
+    chunks = [[fit[k] for k in b] for b in pack([q_width[j] for j in fit], max_tokens / g_max, chunk_questions)]
     dot, norm2 = torch.zeros(len(qids), dtype=torch.float64), torch.zeros(len(qids), dtype=torch.float64)
     for c in range(max_over_ranks(len(chunks))):
         chunk = chunks[c] if c < len(chunks) else []
@@ -292,7 +274,8 @@ def question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chun
         blocks = _Blocks(model, optimizer, m, mode, qc, g_max)
         adv = group_advantages(batch.rewards.double(), batch.group_ids, "none")
         with blocks:
-            loss = pg_surrogate(model, batch.to(device), adv.to(device), temperature, tis_cap, row_scale.to(device))
+            loss = pg_surrogate(model, batch.to(device), adv.to(device), temperature, tis_cap, row_scale.to(device),
+                                tap=blocks)
             if not blocks.embed_outputs:
                 raise RuntimeError("influence: no embedding output was seen in the forward pass")
             torch.autograd.grad(loss, blocks.embed_outputs, allow_unused=True)
@@ -317,7 +300,7 @@ def _chunk_batch(kept, rows_list, g_max, l_gen):
         rows, scale = [-1] * g_max, [0.0] * g_max
     idx = torch.tensor(rows)
     real = idx >= 0
-    t = int(_widths(kept)[idx[real]].max()) if real.any() else 2
+    t = int(kept.widths()[idx[real]].max()) if real.any() else 2
     safe = idx.clamp(min=0)
     if len(kept):
         pick = lambda x: None if x is None else (x[safe][:, :t] * real.view(-1, 1).to(x.dtype))
@@ -364,11 +347,13 @@ class _Blocks:
             self.owner[mod] = (kind, names)
         self.params = {n: p for n, p in model.named_parameters()}
         self.acc = acc_dtype(next(iter(self.params.values())).dtype)   # fp32 (fp64 for fp64 models)
+        self.head, self.head_grad = model.get_output_embeddings(), None   # the LM head reports by block()
 
     # hooks --------------------------------------------------------------------------------------
     def __enter__(self):
         for mod in self.owner:
-            self.handles.append(mod.register_forward_hook(self._forward_hook))
+            if mod is not self.head:
+                self.handles.append(mod.register_forward_hook(self._forward_hook))
         return self
 
     def __exit__(self, *exc):
@@ -424,6 +409,20 @@ class _Blocks:
             for attr, block in blocks.items():
                 if attr in names:
                     self._add(names[attr], block)
+
+    # the LM head (dugrpo.head_logprobs): its logits' gradient d arrives block by block ----------------
+    def block(self, r0, r1, x, d):
+        """Rows r0:r1 of the head's input x [r, s, H] and d loss / d logits [r, s, V]: g_q += d^T x per question."""
+        if self.head_grad is None:
+            self.head_grad = torch.zeros(self.qc, d.shape[-1], x.shape[-1], dtype=self.acc, device=d.device)
+        for q in range(r0 // self.g, (r1 - 1) // self.g + 1):          # rows are question-major
+            a, b = max(r0, q * self.g) - r0, min(r1, (q + 1) * self.g) - r0
+            self.head_grad[q].addmm_(d[a:b].flatten(0, 1).T.to(self.acc), x[a:b].flatten(0, 1).to(self.acc))
+
+    def done(self):
+        """The head's backward is over: reduce its [Qc, V, H] block (summed with a tied embedding's)."""
+        grad, self.head_grad = self.head_grad, None
+        self._add(self.owner[self.head][1]["weight"], grad)
 
     def _add(self, name, block):
         """Sum a parameter's contributions (two for tied embeddings) before preconditioning, then reduce."""

@@ -35,7 +35,7 @@ from dist import all_sum, exclusive_offset, gather, rank_world, sharded
 from grading import solver_messages
 from questions import (GENERATOR_SYSTEM_PROMPT, REJECT_REASONS, Document, Question,  # noqa: F401 (re-exports)
                        fix_json_escapes, generator_messages, parse_question)
-from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, render_prompt
+from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, pack, render_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -190,6 +190,16 @@ def micro_step(model, cfg, mb: Rollouts, adv: torch.Tensor, lp_old: torch.Tensor
     return loss, st
 
 
+def micro_batches(cfg, widths: list[int]) -> list[list[int]]:
+    """A minibatch's rows (their widths) per forward/backward: micro_batch rows in order; or, with
+    micro_batch_tokens, rows by length under that budget of padded tokens, in no more passes than
+    micro_batch rows need and with the least padding (records.pack). Gradient accumulation either way."""
+    n = len(widths)
+    if cfg.micro_batch_tokens:
+        return pack(widths, cfg.micro_batch_tokens, math.ceil(n / cfg.micro_batch))
+    return [list(range(i, min(i + cfg.micro_batch, n))) for i in range(0, n, cfg.micro_batch)]
+
+
 def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, group_order: list[int]) -> dict:
     """PPO over `rollouts` (this rank's rows) in minibatches of cfg.ppo_minibatch_groups whole groups, in
     the global `group_order` (the same on every rank). The loss of a minibatch is divided by
@@ -206,26 +216,26 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
     scale = float(rank_world()[1]) if sharded(model.parameters()) else 1.0
     minibatches = [group_order[i:i + cfg.ppo_minibatch_groups]
                    for i in range(0, len(group_order), cfg.ppo_minibatch_groups)]
-    gid = rollouts.group_ids
+    gid, width = rollouts.group_ids, rollouts.widths()
     rows_of = [torch.isin(gid, torch.tensor(mb, dtype=gid.dtype)).nonzero().squeeze(-1) for mb in minibatches]
+    packs = [[rows[b] for b in micro_batches(cfg, width[rows].tolist())] for rows in rows_of]
     # every rank runs the same number of forward/backward passes (FSDP2 collectives inside)
-    passes = [max(math.ceil(c / cfg.micro_batch) for c in counts)
-              for counts in zip(*gather([len(r) for r in rows_of]))]
+    passes = [max(counts) for counts in zip(*gather([len(p) for p in packs]))]
 
-    def micro(rows, k):          # (micro-batch, advantages, its rows, weight); weight 0 = a filler pass
-        part = rows[k * cfg.micro_batch:(k + 1) * cfg.micro_batch]
-        if len(part) == 0:
+    def micro(i, k):             # (micro-batch, advantages, its rows, weight); weight 0 = a filler pass
+        if k >= len(packs[i]):
             filler = rollouts.select(torch.zeros(1, dtype=torch.long)) if len(rollouts) else influence.filler()
             return filler, torch.zeros(1), None, 0.0
+        part = packs[i][k]
         return rollouts.select(part), advantages[part], part, 1.0
 
     old = None
     if not (len(minibatches) == 1 and cfg.ppo_epochs == 1):      # off-policy: recompute pi_old (§3.8)
         old = torch.zeros_like(rollouts.response_mask, dtype=dugrpo.acc_dtype(next(model.parameters()).dtype))
         with torch.no_grad():
-            for rows, n_pass in zip(rows_of, passes):
+            for i, n_pass in enumerate(passes):
                 for k in range(n_pass):
-                    mb, _, part, _ = micro(rows, k)
+                    mb, _, part, _ = micro(i, k)
                     lp = dugrpo.token_logprobs(model, mb.input_ids.to(device), mb.attention_mask.to(device),
                                                cfg.temperature, mb.response_mask.to(device)).cpu()
                     if part is not None:
@@ -233,10 +243,10 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
     model.train()
     tok_sums, n_tok, loss_sum, tis_max, gnorms = {}, 0.0, 0.0, 0.0, []     # this rank's statistics
     for _ in range(cfg.ppo_epochs):
-        for rows, n_pass in zip(rows_of, passes):
+        for i, n_pass in enumerate(passes):
             opt.zero_grad(set_to_none=True)
             for k in range(n_pass):
-                mb, adv, part, weight = micro(rows, k)
+                mb, adv, part, weight = micro(i, k)
                 mb = mb.to(device)
                 lp_old = None if old is None or part is None else old[part, :mb.input_ids.shape[1]].to(device)
                 loss, st = micro_step(model, cfg, mb, adv.to(device), lp_old, normaliser, scale * weight)

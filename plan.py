@@ -12,7 +12,8 @@ at the preset's worst-case lengths (every row max_prompt_tokens + max_new_tokens
   dev gradient       influence.dev_gradient on two full micro-batches of `influence_tokens` tokens
   influence          influence.question_scalars: the hook path (chunk_questions questions per forward) if a
                      question fits the budget, else the per-question backward on sharded gradients
-  solver step        infuser.micro_step on micro_batch rows, grad clip, AdamW step
+  solver step        infuser.micro_step on micro_batch rows (or micro_batch_tokens of full-width rows),
+                     grad clip, AdamW step
   generator step     the same for the generator
 
 Each phase runs under torch.distributed._tools' MemTracker (FSDPMemTracker when sharded), with the other
@@ -366,13 +367,14 @@ def run_phases(cfg, world: int, only: str | None = None, planner: Planner | None
     # one PPO micro-batch step with grad clip and AdamW, per role
     for role, width, new in (("solver", s_width, cfg.solver_max_new_tokens),
                              ("generator", g_width, cfg.gen_max_new_tokens)):
-        mb = worst_rollouts(cfg.micro_batch, cfg.max_prompt_tokens, new, v, cfg.micro_batch)
-        adv = torch.linspace(-1, 1, cfg.micro_batch)
+        rows = max(1, cfg.micro_batch_tokens // width) if cfg.micro_batch_tokens else cfg.micro_batch
+        mb = worst_rollouts(rows, cfg.max_prompt_tokens, new, v, rows)
+        adv = torch.linspace(-1, 1, rows)
 
-        def step(model, opt):
+        def step(model, opt, mb=mb, adv=adv, rows=rows, new=new):
             model.train()
             dev_ = next(model.parameters()).device
-            infuser.micro_step(model, cfg, mb.to(dev_), adv.to(dev_), None, float(cfg.micro_batch * new), 1.0)
+            infuser.micro_step(model, cfg, mb.to(dev_), adv.to(dev_), None, float(rows * new), 1.0)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -401,7 +403,7 @@ def _fits(cfg, world, gpu_gb, only=None, planner=None) -> tuple[bool, dict, dict
 
 KNOBS = {"dev gradient": ("influence_tokens",), "influence": ("influence_tokens", "influence_chunk"),
          "influence (split)": ("influence_tokens",), "influence (hook)": ("influence_chunk", "influence_tokens"),
-         "solver step": ("micro_batch",), "generator step": ("micro_batch",),
+         "solver step": ("micro_batch", "micro_batch_tokens"), "generator step": ("micro_batch", "micro_batch_tokens"),
          "rollout": ("vllm_gpu_memory_utilization",)}
 
 
@@ -420,7 +422,7 @@ def suggest(cfg, world, gpu_gb, phase: str, phases: dict, planner: Planner) -> s
         base = dataclasses.replace(cfg, activation_checkpointing=True)
         if fits(base):
             return "--activation_checkpointing"
-    floors = {"influence_tokens": 1024, "influence_chunk": 1, "micro_batch": 1}
+    floors = {"influence_tokens": 1024, "influence_chunk": 1, "micro_batch": 1, "micro_batch_tokens": 1024}
     for knob in KNOBS[phase]:
         val = getattr(base, knob)
         if val <= floors[knob] or not fits(dataclasses.replace(base, **{knob: floors[knob]})):
@@ -439,7 +441,9 @@ def format_plan(cfg, world, gpu_gb, phases) -> str:
     lines = [f"memory plan: preset {cfg.preset}, model {cfg.model}, {world} x {gpu_gb:g} GiB, dtype {cfg.dtype}, "
              f"compute {cfg.compute_dtype}, activation_checkpointing {cfg.activation_checkpointing}",
              f"  worst case: rows of max_prompt_tokens {cfg.max_prompt_tokens} + solver {cfg.solver_max_new_tokens}"
-             f" / generator {cfg.gen_max_new_tokens} new tokens; micro_batch {cfg.micro_batch}, influence_tokens "
+             f" / generator {cfg.gen_max_new_tokens} new tokens; "
+             + (f"micro_batch_tokens {cfg.micro_batch_tokens}" if cfg.micro_batch_tokens else f"micro_batch {cfg.micro_batch}")
+             + ", influence_tokens "
              f"{cfg.influence_tokens}, influence_chunk {cfg.influence_chunk}, engine {cfg.engine}"
              + (f" (vllm_gpu_memory_utilization {cfg.vllm_gpu_memory_utilization} awake, {VLLM_SLEEP_GB:g} GiB "
                 f"asleep, assumed)" if cfg.engine == "vllm" else ""),

@@ -85,10 +85,63 @@ class Rollouts:
         return Rollouts(cut(self.input_ids), cut(self.attention_mask), cut(self.response_mask),
                         self.group_ids[index], self.rewards[index], cut(self.sampler_logprobs))
 
+    def widths(self) -> torch.Tensor:
+        """[N] attended tokens of each right-padded row (its width once `select` trims it), at least 1."""
+        return self.attention_mask.sum(-1).clamp(min=1)
+
     def to(self, device) -> "Rollouts":
         mv = lambda x: None if x is None else x.to(device)
         return Rollouts(mv(self.input_ids), mv(self.attention_mask), mv(self.response_mask),
                         mv(self.group_ids), mv(self.rewards), mv(self.sampler_logprobs))
+
+
+def row_batches(widths: list[int], max_tokens: float, max_items: int | None = None) -> list[list[int]]:
+    """Consecutive items (rows, or questions) in batches whose padded size (items x widest item) stays
+    <= max_tokens, of at most max_items; an item wider than the budget gets a batch of its own."""
+    out, cur, cur_w = [], [], 0
+    for i, w in enumerate(widths):
+        nw = max(cur_w, w)
+        if cur and ((len(cur) + 1) * nw > max_tokens or (max_items is not None and len(cur) >= max_items)):
+            out.append(cur)
+            cur, nw = [], w
+        cur.append(i)
+        cur_w = nw
+    if cur:
+        out.append(cur)
+    return out
+
+
+def pack(widths: list[int], max_tokens: float, max_batches: int | None = None) -> list[list[int]]:
+    """Micro-batches by a token budget: items sorted by width (longest first), cut into consecutive
+    batches of <= max_tokens padded tokens (batch size x widest item; a wider item alone). max_batches None:
+    the fewest batches (greedy). Else: at most max_batches (or the fewest possible, if more) with the fewest
+    padded tokens (a dynamic programme over the cuts). Each batch lists its items in their original order."""
+    n = len(widths)
+    order = sorted(range(n), key=lambda i: -widths[i])
+    w = [widths[i] for i in order]
+    cuts = row_batches(w, max_tokens)                              # greedy: the fewest batches
+    if max_batches is not None and n > 1:
+        max_batches = max(max_batches, len(cuts))
+        inf = float("inf")
+        best = [[0.0] + [inf] * n]                                 # best[k][i]: w[:i] in k batches
+        back = [[0] * (n + 1)]
+        for k in range(1, max_batches + 1):
+            row, arg = [inf] * (n + 1), [0] * (n + 1)
+            for i in range(1, n + 1):
+                for a in range(i - 1, -1, -1):                       # last batch w[a:i], widest w[a]
+                    if i - a > 1 and (i - a) * w[a] > max_tokens:
+                        break                                       # only wider and longer from here
+                    c = best[k - 1][a] + (i - a) * w[a]
+                    if c < row[i]:
+                        row[i], arg[i] = c, a
+            best.append(row)
+            back.append(arg)
+        k = min(range(1, max_batches + 1), key=lambda j: (best[j][n], j))
+        cuts, i = [], n
+        for j in range(k, 0, -1):
+            cuts.insert(0, list(range(back[j][i], i)))
+            i = back[j][i]
+    return [sorted(order[k] for k in b) for b in cuts]
 
 
 class Engine(Protocol):

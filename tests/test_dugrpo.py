@@ -96,103 +96,50 @@ def test_varying_groups():
 
 # ---------------------------------------------------------------- log-probs ----------------------
 
-@pytest.mark.parametrize("chunk", [dugrpo.DEFAULT_CHUNK_ELEMENTS, 50])
-def test_logprobs_and_gradient_match_float64(chunk):
+@pytest.mark.parametrize("chunk", [dugrpo.DEFAULT_CHUNK_ELEMENTS, 50, 23 * 7 * 2, 1])
+def test_head_logprobs_and_gradients_match_float64(chunk):
+    """Block by block (whole rows, row slices, one position per block) = log_softmax of the full logits."""
     gen = torch.Generator().manual_seed(1)
-    n, t, v, temp = 3, 7, 23, 0.7
-    logits = torch.randn(n, t, v, generator=gen, dtype=torch.float64) * 3
+    n, t, h, v, temp = 3, 7, 5, 23, 0.7
+    hidden = torch.randn(n, t + 1, h, generator=gen, dtype=torch.float64)[:, :-1]   # a strided view, as HF's
+    weight = torch.randn(v, h, generator=gen, dtype=torch.float64) * 1.5
     ids = torch.randint(0, v, (n, t), generator=gen)
-    x = logits.clone().float().requires_grad_(True)
-    lp = dugrpo.logprobs_from_logits(x, ids, temp, chunk_elements=chunk)
-    ref_x = logits.clone().requires_grad_(True)
-    ref = torch.zeros(n, t, dtype=torch.float64)
-    ls = torch.log_softmax(ref_x / temp, dim=-1)
-    for i in range(n):
-        for j in range(1, t):
-            ref[i, j] = ls[i, j - 1, ids[i, j]]
-    assert lp.shape == (n, t) and torch.all(lp[:, 0] == 0)
+    x, wt = hidden.float().requires_grad_(True), weight.float().requires_grad_(True)
+    lp = dugrpo.head_logprobs(x, wt, ids, temp, chunk_elements=chunk)
+    ref_x, ref_w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    ref = torch.log_softmax(ref_x @ ref_w.T / temp, -1).gather(-1, ids[..., None])[..., 0]   # [N, T] float64
+    assert lp.shape == (n, t) and lp.dtype == torch.float32
     # float32 log-softmax over 23 logits of |x| <= ~15: ~u x |logsumexp| x sqrt(23) = 6e-8 x 20 x 5 = 6e-6
     torch.testing.assert_close(lp.double(), ref, rtol=1e-5, atol=1e-5)
-    w = torch.randn(n, t, generator=gen, dtype=torch.float64)
-    (lp * w.float()).sum().backward()
-    (ref * w).sum().backward()
+    g = torch.randn(n, t, generator=gen, dtype=torch.float64)
+    (lp * g.float()).sum().backward()
+    (ref * g).sum().backward()
     torch.testing.assert_close(x.grad.double(), ref_x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wt.grad.double(), ref_w.grad, rtol=1e-5, atol=1e-5)
+    x64, w64 = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    lp64 = dugrpo.head_logprobs(x64, w64, ids, temp, chunk_elements=chunk)       # float64 in: exact to 1e-12
+    (lp64 * g).sum().backward()
+    torch.testing.assert_close(lp64, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w64.grad, ref_w.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_logprobs_bf16_logits_stay_bf16_and_match():
+def test_head_logprobs_bf16_matches_and_keeps_the_head_dtype():
     gen = torch.Generator().manual_seed(2)
-    logits = torch.randn(2, 5, 11, generator=gen).bfloat16().requires_grad_(True)
+    hidden = torch.randn(2, 5, 4, generator=gen).bfloat16().requires_grad_(True)
+    weight = torch.randn(11, 4, generator=gen).bfloat16().requires_grad_(True)
     ids = torch.randint(0, 11, (2, 5), generator=gen)
-    lp = dugrpo.logprobs_from_logits(logits, ids, 0.7)
-    ref = torch.log_softmax(logits.detach().double() / 0.7, -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
-    # exact bf16 inputs, float32 log-softmax over 11 logits of |x| <= 5: a few u x |logsumexp| ~ 1e-6 (measured 2e-7)
-    torch.testing.assert_close(lp[:, 1:].double(), ref, rtol=1e-6, atol=1e-6)
+    lp = dugrpo.head_logprobs(hidden, weight, ids, 0.7)
+    logits = (hidden.detach() @ weight.detach().T).double()                       # the bf16 matmul's logits
+    ref = torch.log_softmax(logits / 0.7, -1).gather(-1, ids[..., None])[..., 0]
+    # bf16 logits (as nn.Linear gives them), a float32 log-softmax: a few u x |logsumexp| ~ 1e-6
+    torch.testing.assert_close(lp.double(), ref, rtol=1e-6, atol=1e-6)
     lp.sum().backward()
-    assert logits.grad.dtype == torch.bfloat16
-    ref_x = logits.detach().double().requires_grad_(True)
-    torch.log_softmax(ref_x / 0.7, -1)[:, :-1].gather(-1, ids[:, 1:, None]).sum().backward()
-    # the softmax is formed in fp32 and rounded to bf16 once: within bf16's resolution of the float64 grad
-    torch.testing.assert_close(logits.grad.double(), ref_x.grad, rtol=1e-2, atol=1e-2)
-
-
-# ---------------------------------------------------------------- the loss (algorithm.md §3.6) -------------
-
-def ref_policy_loss(lp, old, adv, mask, norm, slp, cap=2.0, cl=0.2, ch=0.2, c=3.0):
-    total, n, clip, trunc = 0.0, 0, 0, 0
-    for i in range(lp.shape[0]):
-        a = float(adv[i])
-        for t in range(lp.shape[1]):
-            if mask[i, t] == 0:
-                continue
-            rho = math.exp(max(-20.0, min(20.0, float(lp[i, t] - old[i, t]))))
-            l1, l2 = -a * rho, -a * min(max(rho, 1 - cl), 1 + ch)
-            L = max(l1, l2)
-            if a < 0:
-                L = min(L, c * abs(a))
-            raw = math.exp(max(-20.0, min(20.0, float(old[i, t] - slp[i, t])))) if slp is not None else 1.0
-            w = min(raw, cap)
-            total += w * L
-            n += 1
-            clip += l2 > l1
-            trunc += raw > cap
-    return total / norm, clip / n, trunc / n
-
-
-@pytest.mark.parametrize("with_sampler", [True, False])
-def test_policy_loss_matches_float64_reference(with_sampler):
-    gen = torch.Generator().manual_seed(3)
-    n, t = 6, 9
-    old = -torch.rand(n, t, generator=gen, dtype=torch.float64) * 2
-    lp = (old + torch.randn(n, t, generator=gen, dtype=torch.float64) * 0.4).requires_grad_(True)
-    slp = old + torch.randn(n, t, generator=gen, dtype=torch.float64) * 0.8 if with_sampler else None
-    adv = torch.tensor([1.5, -0.5, 0.0, -2.0, 0.7, -0.1], dtype=torch.float64)
-    mask = (torch.rand(n, t, generator=gen) > 0.3).double()
-    norm = dugrpo.token_mean_normaliser(mask, minibatch_size=8)
-    assert norm == pytest.approx(8 * mask.sum().item() / n)
-    loss, stats = dugrpo.policy_loss(lp, old, adv, mask, norm, sampler_logprobs=slp)
-    want, clipfrac, truncfrac = ref_policy_loss(lp.detach(), old, adv, mask, norm, slp)
-    assert loss.item() == pytest.approx(want, rel=1e-10)
-    assert stats["clip_frac"].item() == pytest.approx(clipfrac)
-    assert stats["tis_truncated_frac"].item() == pytest.approx(truncfrac)
-    assert stats["tis_max"].item() <= 2.0
-    assert stats["approx_kl"].item() == pytest.approx(((old - lp.detach()) * mask).sum().item() / mask.sum().item())
-    # gradient by finite differences of the float64 reference (the TIS weight is detached)
-    loss.backward()
-    i, j = (mask > 0).nonzero()[0].tolist()
-    h = 1e-6
-    lp_p = lp.detach().clone(); lp_p[i, j] += h
-    lp_m = lp.detach().clone(); lp_m[i, j] -= h
-    fd = (ref_policy_loss(lp_p, old, adv, mask, norm, slp)[0] - ref_policy_loss(lp_m, old, adv, mask, norm, slp)[0]) / (2 * h)
-    assert lp.grad[i, j].item() == pytest.approx(fd, rel=1e-5, abs=1e-9)
-
-
-def test_dual_clip_bounds_negative_advantage_loss():
-    lp = torch.tensor([[0.0, 5.0]])           # ratio e^5 on the second token
-    old = torch.zeros(1, 2)
-    loss, stats = dugrpo.policy_loss(lp, old, torch.tensor([-1.0]), torch.ones(1, 2), normaliser=1.0)
-    # token 1: -A rho = 1 (ratio 1); token 2: min(e^5, 3) = 3
-    assert loss.item() == pytest.approx(1.0 + 3.0)
-    assert stats["dual_clip_frac"].item() == pytest.approx(0.5)
+    assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+    rx, rw = hidden.detach().double().requires_grad_(True), weight.detach().double().requires_grad_(True)
+    torch.log_softmax(rx @ rw.T / 0.7, -1).gather(-1, ids[..., None]).sum().backward()
+    # the softmax is formed in fp32 and rounded to bf16 once: within bf16's resolution of the float64 grads
+    torch.testing.assert_close(hidden.grad.double(), rx.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(weight.grad.double(), rw.grad, rtol=2e-2, atol=2e-2)
 
 
 def test_tis_weights():
@@ -220,9 +167,48 @@ def test_token_logprobs_with_response_mask_skips_the_prompt_head():
     full = dugrpo.token_logprobs(model, ids, am, 0.7)
     part = dugrpo.token_logprobs(model, ids, am, 0.7, response_mask=rm)
     h.remove()
-    assert seen == [12, 8]                         # positions 4..11 only: the first response token is at 5
+    assert seen == [11, 7]                         # positions 4..10 only: the first response token is at 5
     assert torch.all(part[:, :5] == 0)
     torch.testing.assert_close(part * rm, full * rm, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_token_logprobs_equal_the_logits_path_and_never_hold_the_logits(tied):
+    """token_logprobs (head by blocks, logits recomputed in the backward) = log_softmax of the model's full
+    logits, values and every parameter's gradient (float64, tied and untied heads); no tensor of the
+    forward or the backward holds more than one block of logits."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from fixtures import tiny_qwen3
+    model = tiny_qwen3(seed=5, dtype=torch.float64, tie_word_embeddings=tied)
+    gen = torch.Generator().manual_seed(5)
+    n, t, v, budget = 4, 16, 512, 3 * 512
+    ids = torch.randint(1, v, (n, t), generator=gen)
+    am = torch.ones_like(ids)
+    am[3, 12:] = 0
+    w = torch.randn(n, t, generator=gen, dtype=torch.float64)
+
+    class Largest(TorchDispatchMode):             # the largest tensor with a vocabulary axis, [V, H] aside
+        big = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in (out if isinstance(out, (tuple, list)) else [out]):
+                if isinstance(o, torch.Tensor) and o.dim() > 1 and v in o.shape[-2:] and 64 not in o.shape[-2:]:
+                    self.big = max(self.big, o.numel())
+            return out
+    with Largest() as seen:
+        lp = dugrpo.token_logprobs(model, ids, am, 0.7, chunk_elements=budget)
+        (lp * w).sum().backward()
+    got = {k: p.grad.clone() for k, p in model.named_parameters()}
+    assert 0 < seen.big <= budget < n * t * v
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=am).logits / 0.7                # [N, T, V] float64
+    ref = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(lp[:, 1:], ref, rtol=1e-12, atol=1e-12)
+    assert torch.all(lp[:, 0] == 0)
+    (ref * w[:, 1:]).sum().backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(got[k], p.grad, rtol=1e-10, atol=1e-12, msg=k)
 
 
 def test_policy_loss_ignores_non_finite_values_at_padded_positions():
@@ -250,3 +236,37 @@ def test_token_mean_normaliser_from_totals_equals_the_mask_form():
     from dugrpo import token_mean_normaliser
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float32)
     assert token_mean_normaliser(mask, 8) == token_mean_normaliser(None, 8, (5.0, 2)) == 8 * 2.5
+
+
+def test_pack_by_tokens_against_brute_force():
+    """records.pack against every partition of up to 7 long-tailed widths: every row once, each micro-batch
+    within the budget (a wider row alone), original order inside a batch; without max_batches as few batches
+    as any partition; with it, at most max_batches (or the fewest possible) and the fewest padded tokens of
+    all such partitions."""
+    import random
+    from records import pack
+
+    def partitions(items):
+        if not items:
+            yield []
+            return
+        for p in partitions(items[1:]):
+            for i in range(len(p)):
+                yield p[:i] + [[items[0]] + p[i]] + p[i + 1:]
+            yield [[items[0]]] + p
+    rng = random.Random(0)
+    padded = lambda w, batches: sum(len(b) * max(w[i] for i in b) for b in batches)
+    for trial in range(300):
+        n = rng.randint(1, 7)
+        w = [max(1, int(rng.paretovariate(1.2) * 20)) for _ in range(n)]
+        budget, k = rng.choice([50, 100, 400]), rng.randint(1, n)
+        fits = lambda p: all(len(b) == 1 or len(b) * max(w[i] for i in b) <= budget for b in p)
+        every = [p for p in partitions(list(range(n))) if fits(p)]
+        fewest = min(len(p) for p in every)
+        greedy, best = pack(w, budget), pack(w, budget, k)
+        for got in (greedy, best):
+            assert sorted(i for b in got for i in b) == list(range(n))
+            assert all(b == sorted(b) for b in got) and fits(got)
+        assert len(greedy) == fewest and len(best) <= max(k, fewest)
+        assert padded(w, best) == min(padded(w, p) for p in every if len(p) <= max(k, fewest))
+    assert pack([5, 5, 5], 100, 3) == [[0, 1, 2]]         # one batch: the rows keep their order

@@ -10,6 +10,7 @@ import torch
 
 import example_influence
 import influence
+import records
 from rollout import set_activation_checkpointing
 from influence_cases import build_case, fake_rollouts
 from influence_reference import reference_scores
@@ -138,7 +139,7 @@ def test_dev_gradient_exact_when_micro_batches_split_groups():
     dev.input_ids[:, -1] = 7                   # every row full width: 5 rows x 16 tokens per micro-batch
     dev.attention_mask[:] = 1
     dev.response_mask[:, 5:] = 1
-    assert influence.row_batches(influence._widths(dev).tolist(), 80)[0] == list(range(5))
+    assert records.pack(dev.widths().tolist(), 80)[0] == list(range(5))
     m = influence.dev_gradient(model, dev, max_tokens=80)
     _, _, _, m_ref = reference_scores(model, opt, dev, dev, return_parts=True, return_m=True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -122,11 +122,13 @@ def test_an_exported_solver_is_evaluable(tmp_path, scripted):
     assert rep["results"]["supergpqa"]["metrics"]["items"] == 2
 
 
-@pytest.mark.parametrize("two_extra", [[], ["--activation_checkpointing", "--influence_tokens=150"]])
+@pytest.mark.parametrize("two_extra", [[], ["--activation_checkpointing", "--influence_tokens=150",
+                                                "--micro_batch_tokens=1700"]])
 def test_two_ranks_equal_one_rank(tmp_path, two_extra):
     """Two FSDP2 ranks equal one process; the second case runs the two ranks with activation
-    checkpointing and a token budget below one row (every dev and question forward split, every
-    question through the per-question backward), against the plain one-rank run.
+    checkpointing, a token budget below one row (every dev and question forward split, every
+    question through the per-question backward) and PPO micro-batches packed by length under 1700
+    padded tokens, against the plain one-rank run (micro-batches of 4 rows in order).
 
     Both sides run in float64 so that the comparison can be tight: in float32 the two layouts sum the
     same gradients in another order (~1e-7 relative), and AdamW's g / (sqrt(v) + eps) turns that into
