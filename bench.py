@@ -75,12 +75,12 @@ def _timed_generate(engine, prompts, params, repeats: int = 1) -> dict:
 def _influence_setup(model_kind: str, q: int, shard=None):
     """(model, warm AdamW, dev rollouts, generated rollouts): seeded, identical in every process."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
-    import fixtures
+    import tiny_model
     import rollout
     from influence_cases import fake_rollouts
     torch.manual_seed(0)
     if model_kind == "tiny":
-        model = fixtures.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+        model = tiny_model.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                                    head_dim=64, intermediate_size=768)
         vocab, t, plen = 2048, 128, 32
     else:
@@ -277,11 +277,11 @@ def bench_influence_fsdp() -> list[dict]:
 def _solver_update_worker(impl: str, precision: str, repeats: int, conn) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
     import dugrpo
-    import fixtures
+    import tiny_model
     from influence_cases import fake_rollouts
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     torch.manual_seed(0)
-    model = fixtures.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
+    model = tiny_model.tiny_qwen3(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                                head_dim=64, intermediate_size=768)
     plen, micro = 32, 16
     r = fake_rollouts(8, 8, 128, 2048, 3, plen=plen, sampler=False)
@@ -313,7 +313,7 @@ def _solver_update_worker(impl: str, precision: str, repeats: int, conn) -> None
         except ImportError:
             conn.send(None)
             return
-        tok = fixtures.byte_tokenizer()
+        tok = tiny_model.byte_tokenizer()
         args = GRPOConfig(output_dir=str(OUT_DIR / "trl_tmp"), loss_type="dr_grpo", beta=0.0, num_generations=8,
                           per_device_train_batch_size=micro, gradient_accumulation_steps=len(r) // micro,
                           max_completion_length=128 - plen, temperature=0.7, epsilon=0.2, num_iterations=1,
@@ -384,14 +384,14 @@ def _packing_worker(lengths, budget: int, micro: int, repeats: int, conn, shape=
     lengths on a small Qwen3 (or one of `shape` on the GPU, bf16 autocast): micro-batches of `micro` rows
     in order (budget 0) or by a token budget."""
     from types import SimpleNamespace
-    import fixtures
+    import tiny_model
     import infuser
     import train
     from records import Rollouts
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     torch.manual_seed(0)
     if shape is None:
-        model = fixtures.tiny_qwen3(vocab_size=2048, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+        model = tiny_model.tiny_qwen3(vocab_size=2048, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                                    head_dim=32, intermediate_size=384)
     else:
         from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -457,10 +457,11 @@ def bench_packing() -> list[dict]:
 
 
 def bench_rollout() -> list[dict]:
-    import fixtures
+    import tiny_model
     import rollout
     import vllm_engine
-    from rollout import HFEngine, SamplingParams
+    from records import SamplingParams
+    from rollout import HFEngine
 
     rows = []
     story = [[{"role": "user", "content": f"Write a long story about a {x}, with many details."}]
@@ -468,8 +469,8 @@ def bench_rollout() -> list[dict]:
                        "clockmaker", "comet", "library", "glass city")]
 
     # tiny random Qwen3 + byte tokenizer: the engine's own overhead dominates
-    tok = fixtures.byte_tokenizer()
-    tiny = fixtures.tiny_qwen3()
+    tok = tiny_model.byte_tokenizer()
+    tiny = tiny_model.tiny_qwen3()
     params = SamplingParams(n=8, temperature=0.7, max_new_tokens=128, seed=0)
     r = _timed_generate(HFEngine(tiny, tok, progress=False), story, params, repeats=3)
     rows.append({"engine": "hf", "model": "tiny-qwen3", "dtype": "float32", "rows": len(story) * params.n,
@@ -597,7 +598,7 @@ def bench_gpu() -> list[dict]:
     import train
     import influence
     import infuser
-    from fixtures import byte_tokenizer
+    from tiny_model import byte_tokenizer
     from transformers import Qwen3Config, Qwen3ForCausalLM
     cuda = torch.cuda.is_available()
     tiny = os.environ.get("BENCH_GPU_TINY") == "1" or not cuda

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import grading
+import mathworker
 from grading import extract_boxed, key_letter, mcq_key, strip_wrappers
 from sandbox import run_program  # noqa: F401 (the one entry point for running a model's program: sandbox.py)
 
@@ -531,7 +532,7 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
     the text of a choice. Otherwise free-form, for benchmark `source` (default "math", the route of
     generated free-form questions): the answer extracted as `free_form_answer` does, then `aime_equal`
     for "aime" and `math_equal` (with OlympiadBench's `answer_type`) for everything else; extraction and
-    comparison both run in the worker, within one `timeout` in total (grading.session)."""
+    comparison both run in the worker, within one `timeout` in total (mathworker.session)."""
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     if choices:
@@ -546,7 +547,7 @@ def grade(response: str | None, ground_truth: str, choices: list[str] | None = N
         ok = (general_equal if source == "bbeh" else bbeh_equal)(got, str(ground_truth))
         return None if ok is None else float(ok)
     if source == "aime" and response:
-        ok = grading.ask(dict(op="aime", response=response, gold=str(ground_truth)), timeout)
+        ok = mathworker.ask(dict(op="aime", response=response, gold=str(ground_truth)), timeout)
         return None if ok is None else float(ok)
     return grading.grade(response, ground_truth, source=source or "math", unit=unit, answer_type=answer_type,
                          timeout=timeout)
@@ -568,7 +569,7 @@ def grade_many(responses: list[str | None], ground_truths: list[str],
                      if a[3] in CODE_SOURCES else
                      grade(a[0], a[1], a[2], source=a[3], answer_type=(a[4] or {}).get("answer_type"),
                            unit=(a[4] or {}).get("unit"), timeout=timeout))
-    threads = threads or grading._get_pool().size
+    threads = threads or mathworker._get_pool().size
     if threads <= 1 or n <= 1:
         return [run(a) for a in args]
     from concurrent.futures import ThreadPoolExecutor
@@ -582,14 +583,14 @@ def verify_math(prediction: str, gold: str, *, match_types: tuple[str, ...] = ("
     """math-verify itself on raw strings, as its documentation and tests call it: parse(gold) and
     parse(prediction) with the given extraction targets (any match), then verify(gold, prediction, ...).
     None when either side parses to nothing, on an internal error, or past `timeout`. The grader does not
-    use this (see `grading.math_equal`); tests use it to check that the worker carries math-verify's own
+    use this (see `mathworker.math_equal`); tests use it to check that the worker carries math-verify's own
     decisions."""
     if not isinstance(prediction, str) or not isinstance(gold, str):
         raise TypeError("verify_math takes two strings (prediction, gold)")
     bad = set(match_types) - {"latex", "expr"}
     if bad or not match_types:
         raise ValueError(f"match_types must be drawn from ('latex', 'expr'), got {match_types}")
-    return grading.ask(dict(op="verify", pred=prediction, gold=gold, match_types=list(match_types),
+    return mathworker.ask(dict(op="verify", pred=prediction, gold=gold, match_types=list(match_types),
                             float_rounding=int(float_rounding), strict=bool(strict),
                             allow_set_relation_comp=bool(allow_set_relation_comp)), timeout)
 

@@ -25,13 +25,16 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-import infuser
 from config import Config, ConfigError
 from data import DocumentStream
 from dist import barrier, print0, rank_world
+
+if TYPE_CHECKING:
+    from infuser import Role
 
 EXPORT_SHARD_BYTES = 2 * 2 ** 30
 
@@ -46,7 +49,7 @@ def _dcp_state(roles: dict, with_optim: dict) -> dict:
     return out
 
 
-def export_hf(role: infuser.Role, out: Path, rank: int, shard_bytes: int | None = None) -> None:
+def export_hf(role: Role, out: Path, rank: int, shard_bytes: int | None = None) -> None:
     """The role's model as an HF directory, one tensor at a time (each one a collective full_tensor()
     under FSDP2); rank 0 writes safetensors files of <= shard_bytes (one model.safetensors when it fits,
     else model-0000i-of-0000n.safetensors and the index HF reads)."""

@@ -1,11 +1,6 @@
 """config.py -- the run's configuration: one flat dataclass (Config), presets as dicts of overrides
 (PRESETS), and the `--key=value` parser with type and choice checks (one-line ConfigError on bad input).
 
-The parser is hand-written (~60 lines). transformers' HfArgumentParser was considered: it parses
-dataclasses with Literal fields, but takes `--key value` / `--key=value` through argparse, whose errors
-print a usage block and exit 2 from inside the parser, and it has no notion of a preset that changes the
-defaults before the flags apply; reproducing the one-line errors and presets around it costs as many lines.
-
 Run: imported by train.py (`python train.py --help` lists every key). Tests: tests/test_loop.py.
 """
 from __future__ import annotations

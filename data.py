@@ -9,7 +9,7 @@ import json
 import os
 import random
 
-import infuser
+from questions import Question, parse_question
 from config import Config, ConfigError
 from benchmarks import Item, load_benchmark
 from benchmarks import read_jsonl as benchmarks_read_jsonl
@@ -77,14 +77,14 @@ def load_questions(spec: str, cfg: Config, split: str) -> list[Item]:
     return items
 
 
-def load_external_questions(path: str) -> dict[int, list[infuser.Question]]:
+def load_external_questions(path: str) -> dict[int, list[Question]]:
     """Pre-generated questions per iteration (a frozen external generator): JSONL rows with iteration,
     question, choices, ground_truth (choice text) and doc_id; parsed and shuffled like generated ones."""
-    by_it: dict[int, list[infuser.Question]] = {}
+    by_it: dict[int, list[Question]] = {}
     for n, r in enumerate(read_jsonl(path)):
         raw = json.dumps({"question_text": r.get("question", ""), "choices": r.get("choices", []),
                           "ground_truth": r.get("ground_truth", "")})
-        q = infuser.parse_question(raw, str(r.get("doc_id", "ext")), n, seed=0)
+        q = parse_question(raw, str(r.get("doc_id", "ext")), n, seed=0)
         by_it.setdefault(int(r.get("iteration", 0)), []).append(q)
     return by_it
 

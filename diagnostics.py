@@ -24,25 +24,11 @@ the iteration's valid questions to `seen`.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from typing import NamedTuple
 
 from dist import gather
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def normalise(text: str) -> str:
-    """Lower case, words only (punctuation and spacing dropped): the text two questions must share to be equal."""
-    return " ".join(_WORD.findall(text.lower()))
-
-
-def question_hash(text: str) -> int:
-    """A 60-bit hash of the normalised text (an int: checkpoints keep a set of them)."""
-    return int(hashlib.sha256(normalise(text).encode()).hexdigest()[:15], 16)
-
+from questions import REJECT_REASONS, normalise, question_hash
 
 def _entropy_bits(counts: list[int]) -> float:
     n = sum(counts)
@@ -74,6 +60,41 @@ class _DraftRow(NamedTuple):          # one draft, as a rank sends it
     kept: bool
 
 
+def metrics_line(cfg, rec, seen: set[int]) -> dict:
+    """The metrics line of one iteration from its records (infuser.Iteration), the same on every rank:
+    the phase times (grading timed apart from the rollouts), every diagnostic, the PPO statistics, notes."""
+    times = dict(rec.seconds)
+    for phase, g in (("dev_rollout", rec.dev), ("solver_rollout", rec.sol)):
+        s = g.grade_seconds if g is not None else 0.0
+        times[phase] -= s
+        times["grading"] = times.get("grading", 0.0) + s
+    m = {"iteration": rec.it, **{f"time_{k}": v for k, v in times.items()}, "time_total": sum(times.values())}
+    m.update(iteration_metrics(cfg, rec.dev, rec.drafts, rec.valid, rec.sol, rec.scores, seen, times,
+                               rec.docs_too_long))
+    m.update({f"gen_{k}": v for k, v in rec.gen_stats.items()})
+    m.update({f"solver_{k}": v for k, v in rec.solver_stats.items()})
+    if rec.scores is not None and m["valid"] and not m.get("dev_signal_groups"):
+        m["note"] = "no dev question with reward variance: all influence scores are 0"
+    if rec.trains_generator and "gen_docs_kept" in m and not rec.order:
+        m["note_generator"] = "every document's rewards were constant: generator update skipped"
+    return m
+
+
+def question_log(rec) -> list[dict]:
+    """One record per draft of this rank (questions.jsonl)."""
+    acc, out = rec.sol.by_group(), []
+    for d in rec.drafts:
+        q = d.question
+        a = acc.get(q.gid) if q.rejected is None else None
+        out.append({"iteration": rec.it, "doc_id": q.doc_id, "qid": q.qid, "status": q.rejected or "valid",
+                    "question": q.text, "choices": q.choices, "ground_truth": q.ground_truth, "answer": q.answer,
+                    "solver_acc": (sum(a) / len(a)) if a else None,
+                    "influence": (rec.scores or {}).get(q.gid) if q.rejected is None else None,
+                    "reward": d.reward, "advantage": d.advantage,
+                    "response": d.sample.text if d.sample is not None else None})
+    return out
+
+
 def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | None, seen: set[int],
                       seconds: dict[str, float], docs_too_long: int = 0) -> dict:
     """Every diagnostic of one iteration (module docstring). dev / sol: infuser.Graded (dev may be None);
@@ -81,7 +102,6 @@ def iteration_metrics(cfg, dev, drafts: list, valid: list, sol, scores: dict | N
     valid questions; scores: {gid: influence}, None when the run computes no influence; seen: hashes of the
     valid questions of earlier iterations, to which this iteration's are added; seconds: {phase: this rank's
     seconds}."""
-    from questions import REJECT_REASONS
     sol_by, sol_rewards = sol.by_group(), {}
     for g, r in zip(sol.group_ids, sol.rewards):
         sol_rewards.setdefault(g, []).append(r)

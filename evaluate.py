@@ -55,11 +55,13 @@ import sys
 import time
 from dataclasses import asdict
 
+import records
+
 # grade and math_parseable are public names (external checks call them); the others serve the tests
 from benchmarks import (BENCHMARKS, PAPER_SUITE, Item, aime_equal, grade, grade_many,  # noqa: F401 (re-exports)
                         load_benchmark, minerva_normalize, verify_math)
-from grading import (LETTERS, DEFAULT_TIMEOUT, extract_boxed, key_letter, math_equal,  # noqa: F401 (re-exports)
-                     math_parseable, mcq_letter, set_math_workers, solver_messages)
+from grading import LETTERS, extract_boxed, key_letter, mcq_letter, solver_messages  # noqa: F401 (re-exports)
+from mathworker import DEFAULT_TIMEOUT, math_equal, math_parseable, set_math_workers  # noqa: F401 (re-exports)
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -85,7 +87,7 @@ def summarize(records: list[dict]) -> dict:
 def evaluate(engine, items: list[Item], params, *, batch_size: int = 8, timeout: float | None = None,
              progress: bool = True, desc: str = "eval", item_seed: str | int | None = None,
              done: dict[str, dict] | None = None, on_record=None) -> dict:
-    """Sample `params.n` responses per item with `engine` (rollout.Engine), grade them, and return a report:
+    """Sample `params.n` responses per item with `engine` (records.Engine), grade them, and return a report:
     {"metrics": summarize(...), "k", "n_items", "seconds", "interrupted", "items": [per-item record]}.
     Each record keeps the question, choices, key, every response with its grade, token count and finish
     reason, so a number can be traced back to its samples. `item_seed`: each item's samples come from a
@@ -295,8 +297,6 @@ def main(argv: list[str] | None = None) -> dict:
                 "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "n": args.n,
                 "max_new_tokens": args.max_new_tokens}
     partial = Partial(args.out, rank, world, settings, args.resume) if args.out else None
-
-    import rollout
     try:
         longest = args.max_new_tokens or max(BENCHMARKS[b].max_new_tokens for b in data)
         engine = _build_engine(args, longest, world)
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
               "results": {}, "not_run": missing}
     for name in data:
         bench = BENCHMARKS[name]
-        params = rollout.SamplingParams(n=args.n or bench.k, temperature=args.temperature,
+        params = records.SamplingParams(n=args.n or bench.k, temperature=args.temperature,
                                         top_p=args.top_p, top_k=args.top_k,
                                         max_new_tokens=args.max_new_tokens or bench.max_new_tokens, seed=args.seed)
         mine = data[name][rank::world]

@@ -11,11 +11,12 @@
   7 solver_update      Dr.GRPO over the non-constant question groups, stratified by document (README eq. 1, 3)
 Baselines and ablations are config values, not code paths: fix_generator, dev_only, similarity_mode,
 generator_normalization, generator_reward (influence | spice | uncertainty), question_source,
-solver_mid_eos_penalty, and one labelled departure: dedup_questions. The phases return records, never metrics: after them, diagnostics.py computes every
-metric of the iteration in one place. Distributed: each rank takes every world-th document and dev
-question; the few global quantities are gathered (dist.py); seeds derive from global ids, so any number of
-ranks draws the same samples. Left out (algorithm.md §10.2): curriculum refresh, seeded-dev generation, solver filter
-modes, GDPO rewards, the formatting bonus, several generator loops per solver loop.
+solver_mid_eos_penalty, and one labelled departure: dedup_questions. The iteration returns its records
+(Iteration), never metrics: the caller hands them to diagnostics.py. Distributed: each rank takes every
+world-th document and dev question; the few global quantities are gathered (dist.py); seeds derive from
+global ids, so any number of ranks draws the same samples. Left out (algorithm.md §10.2): curriculum refresh,
+seeded-dev generation, solver filter modes, GDPO rewards, the formatting bonus, several generator loops per
+solver loop.
 """
 from __future__ import annotations
 
@@ -28,13 +29,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-import diagnostics
 import dugrpo
 import influence
 from dist import all_sum, exclusive_offset, gather, rank_world, sharded
 from grading import solver_messages
-from questions import (GENERATOR_SYSTEM_PROMPT, REJECT_REASONS, Document, Question,  # noqa: F401 (re-exports)
-                       fix_json_escapes, generator_messages, parse_question)
+from questions import Document, Question, generator_messages, parse_question, question_hash
 from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, pack, render_prompt
 
 if TYPE_CHECKING:
@@ -104,27 +103,29 @@ class Draft:
     kept: bool = False                        # its document's rewards vary: it is trained on
 
 
-class Metrics(dict):
-    """The iteration's flat metrics, and its phase timers (`with m.phase(name):`)."""
+@dataclass
+class Iteration:
+    """What one iteration did: its records, for the caller's bookkeeping (diagnostics.py turns them into the
+    metrics line and the question log). seconds: this rank's seconds per phase, grading included."""
+    it: int
+    dev: Graded | None
+    drafts: list[Draft]
+    valid: list[Question]
+    sol: Graded
+    scores: dict[int, float] | None           # None when the run computes no influence
+    gen_stats: dict
+    solver_stats: dict
+    seconds: dict[str, float]
+    docs_too_long: int
+    trains_generator: bool
+    order: list[int]                          # the documents the generator update trained on
 
-    def __init__(self, it: int):
-        super().__init__(iteration=it)
-        self.times = {}
 
-    @contextmanager
-    def phase(self, name: str):
-        t0 = time.time()
-        yield
-        self.times[name] = self.times.get(name, 0.0) + time.time() - t0
-
-    def finish(self, graded: list[tuple[str, Graded | None]]) -> dict:
-        for phase, g in graded:                    # grading is timed on its own, out of the rollout phases
-            s = g.grade_seconds if g is not None else 0.0
-            self.times[phase] -= s
-            self.times["grading"] = self.times.get("grading", 0.0) + s
-        self.update({f"time_{k}": v for k, v in self.times.items()})
-        self["time_total"] = sum(self.times.values())
-        return dict(self)
+@contextmanager
+def timed(seconds: dict[str, float], name: str):
+    t0 = time.time()
+    yield
+    seconds[name] = seconds.get(name, 0.0) + time.time() - t0
 
 
 def solve(role: Role, cfg, items: list, gids: list[int], it: int, tag: str) -> Graded:
@@ -388,7 +389,7 @@ def solver_update(cfg, solver: Role, train: Graded | None, valid: list[Question]
 def repeated_questions(drafts: list[Draft], seen: set[int] | None) -> set[int]:
     """gids of the valid questions (of all ranks) whose normalised text was asked before: in an earlier
     iteration (`seen`) or by a lower gid of this one. The --dedup_questions guard (a departure from the paper)."""
-    pairs = sorted(x for part in gather([(d.question.gid, diagnostics.question_hash(d.question.text)) for d in drafts
+    pairs = sorted(x for part in gather([(d.question.gid, question_hash(d.question.text)) for d in drafts
                                          if d.question.rejected is None]) for x in part)
     first, out = set(seen or ()), set()
     for gid, h in pairs:
@@ -399,21 +400,17 @@ def repeated_questions(drafts: list[Draft], seen: set[int] | None) -> set[int]:
 
 
 def run_iteration(cfg, it: int, generator: Role, solver: Role, batch: list[dict], dev_items: list,
-                  external_questions: list[Question] | None = None, log_questions=None,
-                  seen: set[int] | None = None) -> dict:
+                  external_questions: list[Question] | None = None, seen: set[int] | None = None) -> Iteration:
     """One INFUSER iteration. batch: this iteration's global batch of documents ({"doc_id", "text"});
     dev_items: the whole dev set; external_questions: this iteration's pre-generated questions
-    (question_source), replacing phase 2. Each rank takes its share of all three. log_questions(records)
-    receives one record per draft. seen: hashes of earlier iterations' valid questions (diagnostics.py),
-    updated in place with this iteration's. Returns a flat dict of metrics, the same on every rank."""
+    (question_source), replacing phase 2. Each rank takes its share of all three. seen: hashes of earlier
+    iterations' valid questions (the --dedup_questions guard). Returns this rank's records."""
     rank, world = rank_world()
-    m = Metrics(it)
     docs = [Document(d["doc_id"], d["text"], j) for j, d in enumerate(batch)][rank::world]
-    seen = set() if seen is None else seen
-    too_long = 0
-    with m.phase("dev_rollout"):
+    seconds, too_long = {}, 0
+    with timed(seconds, "dev_rollout"):
         dev = dev_rollouts(cfg, it, solver, dev_items[rank::world], list(range(len(dev_items)))[rank::world])
-    with m.phase("generation"):
+    with timed(seconds, "generation"):
         drafts = []
         if external_questions is not None:
             for j, q in enumerate(external_questions):
@@ -421,42 +418,19 @@ def run_iteration(cfg, it: int, generator: Role, solver: Role, batch: list[dict]
             drafts = [Draft(None, None, q) for q in external_questions[rank::world]]
         elif not cfg.dev_only:
             drafts, too_long = draft_questions(cfg, it, generator, docs)
-    with m.phase("solver_rollout"):
+    with timed(seconds, "solver_rollout"):
         valid, sol = solver_rollouts(cfg, it, solver, drafts)
-    with m.phase("influence"):
+    with timed(seconds, "influence"):
         scores = influence_phase(cfg, solver, dev, sol, valid)
-    with m.phase("rewards"):
+    with timed(seconds, "rewards"):
         trains = trains_generator(cfg) and external_questions is None
         order = generator_rewards(cfg, drafts, sol, scores, seen) if trains else []
-    with m.phase("generator_update"):
+    with timed(seconds, "generator_update"):
         gen_stats = generator_update(cfg, generator, drafts, order)
-    with m.phase("solver_update"):
+    with timed(seconds, "solver_update"):
         solver_stats = solver_update(cfg, solver, dev if cfg.dev_only else sol, valid)
-
-    # ---- bookkeeping, outside the phase timers: the question log, the diagnostics, notes ----------------
-    if log_questions is not None and not cfg.dev_only:
-        acc = sol.by_group()
-        log_questions([_question_record(it, d, acc, scores) for d in drafts])
-    m.finish([("dev_rollout", dev), ("solver_rollout", sol)])
-    m.update(diagnostics.iteration_metrics(cfg, dev, drafts, valid, sol, scores if uses_influence(cfg) else None,
-                                           seen, m.times, too_long))
-    m.update({f"gen_{k}": v for k, v in gen_stats.items()})
-    m.update({f"solver_{k}": v for k, v in solver_stats.items()})
-    if uses_influence(cfg) and m["valid"] and not m.get("dev_signal_groups"):
-        m["note"] = "no dev question with reward variance: all influence scores are 0"
-    if trains and "gen_docs_kept" in m and not order:
-        m["note_generator"] = "every document's rewards were constant: generator update skipped"
-    return dict(m)
-
-
-def _question_record(it: int, d: Draft, acc: dict, scores: dict) -> dict:
-    q = d.question
-    a = acc.get(q.gid) if q.rejected is None else None
-    return {"iteration": it, "doc_id": q.doc_id, "qid": q.qid, "status": q.rejected or "valid",
-            "question": q.text, "choices": q.choices, "ground_truth": q.ground_truth, "answer": q.answer,
-            "solver_acc": (sum(a) / len(a)) if a else None,
-            "influence": scores.get(q.gid) if q.rejected is None else None, "reward": d.reward,
-            "advantage": d.advantage, "response": d.sample.text if d.sample is not None else None}
+    return Iteration(it, dev, drafts, valid, sol, scores if uses_influence(cfg) else None, gen_stats,
+                     solver_stats, seconds, too_long, trains, order)
 
 
 def _pad_id(tok) -> int:

@@ -63,7 +63,7 @@ def model_config(spec: str, cfg):
     if spec in QWEN3_CONFIGS:
         return Qwen3Config(**QWEN3_CONFIGS[spec])
     if spec == "tiny-random":
-        from fixtures import byte_tokenizer, tiny_qwen3
+        from tiny_model import byte_tokenizer, tiny_qwen3
         return tiny_qwen3(vocab_size=len(byte_tokenizer())).config
     if spec == "toy":
         import toy
@@ -90,7 +90,7 @@ def _opt_tensors(opt) -> list:
 def worst_rollouts(rows: int, prompt: int, response: int, vocab: int, group: int):
     """`rows` rollouts of prompt + response tokens each (real CPU tensors: token ids are tiny), groups of
     `group` rows with varying rewards, sampler log-probs present (TIS on)."""
-    from rollout import Rollouts
+    from records import Rollouts
     t = prompt + response
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, vocab, (rows, t), generator=g)

@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from grading import LETTERS, grade, math_parseable
+from grading import LETTERS, grade
 
 
 @dataclass
@@ -220,6 +220,19 @@ def _encodable(*texts: str) -> bool:
         return False
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, words only (punctuation and spacing dropped): the text two questions must share to be equal."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def question_hash(text: str) -> int:
+    """A 60-bit hash of the normalised text (an int: checkpoints keep a set of them)."""
+    return int(hashlib.sha256(normalise(text).encode()).hexdigest()[:15], 16)
+
+
 def parse_question(response: str, doc_id: str, row: int, seed: int = 0, route: str = "mcq") -> Question:
     """One generator response -> a Question (valid, or with `rejected` set). Never raises; linear time.
 
@@ -260,6 +273,7 @@ def parse_question(response: str, doc_id: str, row: int, seed: int = 0, route: s
     if not key.strip():
         return reject("invalid_ground_truth")
     if choices is None:
+        from mathworker import math_parseable                # the free-form route only
         if math_parseable(key) is not True:                   # math-verify must read the key
             return reject("invalid_ground_truth")
         return Question(qtext, None, key, key, doc_id, qid)

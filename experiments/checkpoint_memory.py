@@ -22,7 +22,7 @@ import checkpoint  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
 from data import DocumentStream  # noqa: E402
-from fixtures import byte_tokenizer  # noqa: E402
+from tiny_model import byte_tokenizer  # noqa: E402
 
 
 def main(hidden: int, layers: int) -> None:

@@ -58,7 +58,8 @@ import example_influence  # noqa: E402
 from dugrpo import token_logprobs  # noqa: E402
 import toy  # noqa: E402
 from grading import mcq_letter, solver_messages  # noqa: E402
-from rollout import HFEngine, SamplingParams  # noqa: E402
+from records import SamplingParams  # noqa: E402
+from rollout import HFEngine  # noqa: E402
 
 ESTIMATORS = ("adam", "dot")          # + "kronfluence" when it is importable (kronfluence_available)
 KRON_DAMPING = 1e-3                    # EK-FAC damping (kronfluence's damping_factor) [ours]

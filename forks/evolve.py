@@ -68,7 +68,8 @@ sys.path.insert(0, str(ROOT))
 import toy  # noqa: E402
 from dugrpo import token_logprobs  # noqa: E402
 from grading import mcq_letter, solver_messages  # noqa: E402
-from rollout import HFEngine, SamplingParams  # noqa: E402
+from records import SamplingParams  # noqa: E402
+from rollout import HFEngine  # noqa: E402
 
 REFINE_INSTRUCTION = "Check it step by step and revise it."
 

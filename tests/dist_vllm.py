@@ -12,8 +12,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from fixtures import byte_tokenizer, tiny_qwen3  # noqa: E402
-from rollout import SamplingParams, save_model  # noqa: E402
+from tiny_model import byte_tokenizer, tiny_qwen3  # noqa: E402
+from records import SamplingParams  # noqa: E402
+from rollout import save_model  # noqa: E402
 from vllm_engine import VLLMEngine, logprob_probe  # noqa: E402
 from test_rollout_vllm import CHATS, ENGINE_ARGS, flat, train_one_step  # noqa: E402
 

@@ -2,7 +2,7 @@
 import torch
 
 from dugrpo import token_logprobs
-from fixtures import tiny_qwen3
+from tiny_model import tiny_qwen3
 from records import Rollouts
 
 

@@ -10,8 +10,9 @@ Under FSDP2 the real HFEngine is still called once per generate (its weight gath
 import json
 import random
 
-from infuser import GENERATOR_SYSTEM_PROMPT
-from rollout import HFEngine, Sample
+from questions import GENERATOR_SYSTEM_PROMPT
+from records import Sample
+from rollout import HFEngine
 from records import render_prompt
 
 CANNED = [

@@ -166,7 +166,7 @@ class KeyedEngine:
         self.answer = answer
 
     def generate(self, prompts, params, seeds=None):
-        from rollout import Sample
+        from records import Sample
         return [[Sample(prompt_ids=[1], response_ids=[1, 2], text=self.answer(p[-1]["content"]),
                         finish_reason="stop")] * params.n for p in prompts]
 
@@ -189,7 +189,7 @@ def test_every_row_grades_a_right_answer(tmp_path, monkeypatch, capsys):
 
 
 def tiny_model_dir(where: Path) -> Path:
-    from fixtures import byte_tokenizer, tiny_qwen3
+    from tiny_model import byte_tokenizer, tiny_qwen3
     tok = byte_tokenizer()
     model = tiny_qwen3(vocab_size=len(tok), seed=3)
     model.save_pretrained(where)

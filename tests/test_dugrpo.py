@@ -152,7 +152,7 @@ def test_tis_weights():
 
 def test_token_logprobs_with_response_mask_skips_the_prompt_head():
     """logits_to_keep from the response mask: same log-probs on response tokens, LM head on fewer rows."""
-    from fixtures import tiny_qwen3
+    from tiny_model import tiny_qwen3
     model = tiny_qwen3(seed=4, dtype=torch.float64)    # same log-probs twice: tight, so in float64
     gen = torch.Generator().manual_seed(4)
     ids = torch.randint(1, 512, (3, 12), generator=gen)
@@ -178,7 +178,7 @@ def test_token_logprobs_equal_the_logits_path_and_never_hold_the_logits(tied):
     logits, values and every parameter's gradient (float64, tied and untied heads); no tensor of the
     forward or the backward holds more than one block of logits."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from fixtures import tiny_qwen3
+    from tiny_model import tiny_qwen3
     model = tiny_qwen3(seed=5, dtype=torch.float64, tie_word_embeddings=tied)
     gen = torch.Generator().manual_seed(5)
     n, t, v, budget = 4, 16, 512, 3 * 512

@@ -18,9 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import evaluate as E  # noqa: E402
-import grading  # noqa: E402
+import mathworker  # noqa: E402
 import judge as J  # noqa: E402
-from rollout import Sample, SamplingParams  # noqa: E402
+from records import Sample, SamplingParams  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"shared data not found at {DATA}")
@@ -159,7 +159,7 @@ def test_mcq_grade_and_key_forms():
 def test_mcq_never_touches_the_math_worker(monkeypatch):
     def boom():
         raise AssertionError("the MCQ path asked for a math worker")
-    monkeypatch.setattr(grading, "_get_pool", boom)
+    monkeypatch.setattr(mathworker, "_get_pool", boom)
     assert E.grade("\\boxed{A}", "A", ["1", "2"]) == 1.0
     assert E.grade("\\boxed{12}", "A", ["1", "2"]) == 0.0
 

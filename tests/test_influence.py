@@ -86,7 +86,7 @@ def test_scores_match_per_question_loop(mode, tied, warm, sampler, dtype):
     """With an empty AdamW state gamma = g / (|g| + eps) ~ sign(g): elements whose fp32 gradient cancels
     to ~eps turn rounding into O(1) changes (measured ~2e-5 relative in fp32), a property of the
     quantity, not of the method. The cold case is therefore compared in float64 (SDPA attention, see
-    fixtures.tiny_qwen3): there a gradient difference dg moves gamma by at most dg / (4 eps) (at |g| = eps),
+    tiny_model.tiny_qwen3): there a gradient difference dg moves gamma by at most dg / (4 eps) (at |g| = eps),
     1.1e-16 x |g| <= 1e-2 / 4e-8 ~ 3e-11 per element, so 1e-9 on the score (measured <= 6e-15)."""
     model, opt, dev, gen = make(tied, warm, sampler, dtype)
     fast = influence.influence_scores(model, opt, dev, gen, mode=mode, chunk_questions=3)
@@ -101,7 +101,7 @@ def test_scores_match_per_question_loop(mode, tied, warm, sampler, dtype):
 def test_plain_definition_matches_independent_loop_and_fast_version(mode):
     """influence.plain_scores (the definition the README and bench.py cite: one backward per question)
     against the independent float64 loop, and the fast hook version against it, on a warm AdamW state.
-    Everything in float64, attention included (fixtures.tiny_qwen3 uses SDPA there: eager attention's
+    Everything in float64, attention included (tiny_model.tiny_qwen3 uses SDPA there: eager attention's
     softmax is float32 whatever the dtype), so the bound is float64's."""
     model, opt, dev, gen = make(True, True, True, torch.float64)
     plain = influence.plain_scores(model, opt, dev, gen, mode=mode)

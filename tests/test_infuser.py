@@ -11,6 +11,7 @@ import torch
 import data
 import dugrpo
 import infuser
+import questions
 from grading import LETTERS
 
 
@@ -79,7 +80,7 @@ def test_think_blocks_code_fences_and_latex_escapes():
 
 def test_fix_json_escapes():
     # the official repair doubles every \u too, so a unicode escape stays literal text
-    assert json.loads('"' + infuser.fix_json_escapes(r"\frac{1}{2} \\ \n1 \t \beta \u00e9") + '"') == \
+    assert json.loads('"' + questions.fix_json_escapes(r"\frac{1}{2} \\ \n1 \t \beta \u00e9") + '"') == \
         "\\frac{1}{2} \\ \n1 \t \\beta \\u00e9"
 
 
@@ -95,12 +96,12 @@ def test_free_form_route():
 
 
 def test_generator_messages():
-    msgs = infuser.generator_messages("  Photosynthesis stores energy.  ")
+    msgs = questions.generator_messages("  Photosynthesis stores energy.  ")
     assert [m["role"] for m in msgs] == ["system", "user"]
     assert "[DOCUMENT START]\nPhotosynthesis stores energy.\n[DOCUMENT END]" in msgs[1]["content"]
     assert '"ground_truth"' in msgs[1]["content"] and "{document}" not in msgs[1]["content"]
     with pytest.raises(ValueError):
-        infuser.generator_messages("x", route="essay")
+        questions.generator_messages("x", route="essay")
 
 
 # ---------------------------------------------------------------- documents, stratification -------

@@ -302,7 +302,7 @@ def test_export_in_several_safetensors_files_loads_with_from_pretrained(tmp_path
     index, and from_pretrained gives back exactly the same weights."""
     from transformers import AutoModelForCausalLM
     import infuser
-    from fixtures import byte_tokenizer, tiny_qwen3
+    from tiny_model import byte_tokenizer, tiny_qwen3
     tok = byte_tokenizer()
     model = tiny_qwen3(vocab_size=len(tok))
     checkpoint.export_hf(infuser.Role("solver", model, None, None, tok, None), tmp_path, 0, shard_bytes=64 * 1024)

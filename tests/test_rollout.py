@@ -18,11 +18,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dugrpo  # noqa: E402
-import fixtures  # noqa: E402
-from fixtures import byte_tokenizer, tiny_qwen3  # noqa: E402
+import tiny_model  # noqa: E402
+from tiny_model import byte_tokenizer, tiny_qwen3  # noqa: E402
 from records import render_prompt  # noqa: E402
-from rollout import (HFEngine, SamplingParams, load_model, make_rollouts, processed_logprobs,  # noqa: E402
-                     sample_tokens, save_model, smollm2_gguf_path)
+from records import SamplingParams, make_rollouts  # noqa: E402
+from rollout import (HFEngine, load_model, processed_logprobs, sample_tokens, save_model,  # noqa: E402
+                     smollm2_gguf_path)
 from vllm_engine import full_weights  # noqa: E402
 
 CHATS = [
@@ -63,7 +64,7 @@ def test_byte_tokenizer_ids_roundtrip_and_byte_map(tok):
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]) == [256, 257, 258, 259]
     assert tok.eos_token_id == 258 and tok.pad_token_id == 259
     # our byte -> char table is the one the tokenizers library's ByteLevel pre-tokenizer uses
-    assert set(fixtures._byte_to_char().values()) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert set(tiny_model._byte_to_char().values()) == set(pre_tokenizers.ByteLevel.alphabet())
     text = "héllo wörld, 日本語 \n\t tabs & <tags> ✓"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert ids == list(text.encode("utf-8"))          # one id per UTF-8 byte, id = byte value

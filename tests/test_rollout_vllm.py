@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dugrpo  # noqa: E402
 import vllm_engine  # noqa: E402
-from fixtures import byte_tokenizer, tiny_qwen3  # noqa: E402
-from rollout import HFEngine, SamplingParams, make_rollouts, save_model  # noqa: E402
+from tiny_model import byte_tokenizer, tiny_qwen3  # noqa: E402
+from records import SamplingParams, make_rollouts  # noqa: E402
+from rollout import HFEngine, save_model  # noqa: E402
 from vllm_engine import VLLMEngine, logprob_probe  # noqa: E402
 
 CHATS = [[{"role": "user", "content": "hello"}],

@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import toy  # noqa: E402
 from grading import grade, solver_messages  # noqa: E402
-from infuser import generator_messages, parse_question  # noqa: E402
-from rollout import HFEngine, SamplingParams, render_prompt  # noqa: E402
+from questions import generator_messages, parse_question  # noqa: E402
+from records import SamplingParams, render_prompt  # noqa: E402
+from rollout import HFEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""fixtures.py -- models and tokenizers built in code, for tests, benches and the toy world (no download).
+"""tiny_model.py -- models and tokenizers built in code, for tests, benches and the toy world (no download).
 
   byte_tokenizer  a byte-level tokenizer (ids 0..255 are the bytes) with a ChatML chat template
   tiny_qwen3      a randomly initialised Qwen3ForCausalLM from a config
