@@ -31,7 +31,7 @@ import torch
 
 from config import Config, ConfigError
 from data import DocumentStream
-from dist import barrier, print0, rank_world
+from dist import barrier, full, print0, rank_world
 
 if TYPE_CHECKING:
     from infuser import Role
@@ -69,13 +69,13 @@ def export_hf(role: Role, out: Path, rank: int, shard_bytes: int | None = None) 
     for key, t in model.state_dict().items():
         if tied and key == "lm_head.weight":
             continue
-        full = t.full_tensor() if hasattr(t, "full_tensor") else t
+        whole = full(t)                   # a collective under FSDP2: every rank joins
         if rank == 0:
-            buf[key] = full.detach().to("cpu", copy=True).contiguous()
+            buf[key] = whole.detach().to("cpu", copy=True).contiguous()
             size += buf[key].numel() * buf[key].element_size()
             if size >= shard_bytes:
                 flush()
-        del full
+        del whole
     if rank != 0:
         return
     flush()

@@ -40,6 +40,11 @@ def gather(x) -> list:
     return out
 
 
+def gather_flat(items: list) -> list:
+    """Every rank's items in one list, rank 0's first."""
+    return [x for part in gather(items) for x in part]
+
+
 def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
     """In place: the sum (or `op`) of t over ranks."""
     if rank_world()[1] > 1:

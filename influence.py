@@ -34,7 +34,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from dist import all_reduce_, full, gather, local, max_over_ranks, rank_world, sharded
+from dist import all_reduce_, full, gather_flat, local, max_over_ranks, rank_world, sharded
 from dugrpo import acc_dtype, group_advantages, tis_weights, token_logprobs, varying_groups
 from records import Rollouts, pack
 
@@ -173,7 +173,7 @@ def _loop_scalars(model, optimizer, m, kept, rows_list, local_index, mode, l_gen
     """question_by_backward for every rank's listed questions (all ranks join each); yields this rank's own."""
     rank = rank_world()[0]
     mine = [(rank, j, kept.select(rows)) for j, rows in zip(local_index, rows_list)]
-    for owner, j, rows in [x for part in gather(mine) for x in part]:
+    for owner, j, rows in gather_flat(mine):
         part = question_by_backward(model, optimizer, m, rows, mode, l_gen, temperature, tis_cap, max_tokens)
         if owner == rank:
             yield j, part[0], part[1]

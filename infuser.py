@@ -31,7 +31,7 @@ import torch
 
 import dugrpo
 import influence
-from dist import all_sum, exclusive_offset, gather, rank_world, sharded
+from dist import all_sum, exclusive_offset, full, gather, gather_flat, rank_world, sharded
 from grading import solver_messages
 from questions import Document, Question, generator_messages, parse_question, question_hash
 from records import Engine, Rollouts, Sample, SamplingParams, make_rollouts, pack, render_prompt
@@ -261,7 +261,7 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
                         else:
                             tok_sums[key] = tok_sums.get(key, 0.0) + v.item() * ntok
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+            gnorm = full(gnorm)
             if torch.isfinite(gnorm):
                 opt.step()                         # a non-finite norm skips the step (algorithm.md §3.7)
             opt.zero_grad(set_to_none=True)
@@ -345,7 +345,7 @@ def generator_rewards(cfg, drafts: list[Draft], sol: Graded, scores: dict[int, f
         q = d.question
         d.reward = (question_reward(cfg.generator_reward, acc[q.gid], scores[q.gid])
                     if q.rejected is None and q.gid not in repeated else cfg.gen_invalid_penalty)
-    every = [x for part in gather([(d.doc.gid, d.reward) for d in drafts]) for x in part]
+    every = gather_flat([(d.doc.gid, d.reward) for d in drafts])
     if not every:
         return []
     R = torch.tensor([r for _, r in every], dtype=torch.float64)
@@ -377,8 +377,7 @@ def solver_update(cfg, solver: Role, train: Graded | None, valid: list[Question]
     roll = roll.select(dugrpo.varying_groups(roll.rewards, roll.group_ids))
     doc_of = {q.gid: q.doc_id for q in valid}
     # sorted by global id, so that "first-seen document" (stratify's tie-break) is rank-independent
-    meta = sorted(x for part in gather([(g, doc_of.get(g, "dev")) for g in sorted(set(roll.group_ids.tolist()))])
-                  for x in part)
+    meta = sorted(gather_flat([(g, doc_of.get(g, "dev")) for g in sorted(set(roll.group_ids.tolist()))]))
     order = stratify_by_doc(meta)
     if not order:                                        # global: every rank takes the same branch
         return {"groups_trained": 0}
@@ -389,8 +388,8 @@ def solver_update(cfg, solver: Role, train: Graded | None, valid: list[Question]
 def repeated_questions(drafts: list[Draft], seen: set[int] | None) -> set[int]:
     """gids of the valid questions (of all ranks) whose normalised text was asked before: in an earlier
     iteration (`seen`) or by a lower gid of this one. The --dedup_questions guard (a departure from the paper)."""
-    pairs = sorted(x for part in gather([(d.question.gid, question_hash(d.question.text)) for d in drafts
-                                         if d.question.rejected is None]) for x in part)
+    pairs = sorted(gather_flat([(d.question.gid, question_hash(d.question.text)) for d in drafts
+                                if d.question.rejected is None]))
     first, out = set(seen or ()), set()
     for gid, h in pairs:
         if h in first:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from config import Config, ConfigError
-from dist import gather, rank_world
+from dist import gather_flat, rank_world
 
 # ----------------------------------------------------------------------------------------------
 # Logging
@@ -74,7 +74,7 @@ class Logger:
               + (f" | {m['note']}" if m.get("note") else ""), flush=True)
 
     def questions(self, records: list[dict]):
-        rows = [r for part in gather(records) for r in part]
+        rows = gather_flat(records)
         if self.rank == 0:
             with open(self.dir / "questions.jsonl", "a") as f:
                 for r in rows:
