@@ -422,7 +422,8 @@ class _Blocks:
     def done(self):
         """The head's backward is over: reduce its [Qc, V, H] block (summed with a tied embedding's)."""
         grad, self.head_grad = self.head_grad, None
-        self._add(self.owner[self.head][1]["weight"], grad)
+        if "weight" in self.owner[self.head][1]:                        # a frozen head has no score share
+            self._add(self.owner[self.head][1]["weight"], grad)
 
     def _add(self, name, block):
         """Sum a parameter's contributions (two for tied embeddings) before preconditioning, then reduce."""

@@ -63,7 +63,7 @@ def test_the_cycle_finder_finds_cycles():
 def test_the_loop_loads_no_bookkeeping():
     """`import infuser` loads the algorithm and its records only: the metrics (diagnostics.py), the logs, the
     math worker's client and the benchmarks stay out of the loop's reading path. Its size is guarded at
-    1,950 lines (1,927 when this test was written; the 1,800 a reviewer asked for is not reached)."""
+    1,950 lines (the 1,800 a reviewer asked for is not reached)."""
     import subprocess
     import sys
     code = ("import os, sys; before = set(sys.modules); import infuser; "
