@@ -110,6 +110,18 @@ def test_plain_definition_matches_independent_loop_and_fast_version(mode):
     assert rel_err(influence.influence_scores(model, opt, dev, gen, mode=mode, chunk_questions=2), plain) <= F64
 
 
+def test_frozen_lm_head_is_left_out_by_both_paths():
+    """A frozen LM head (requires_grad False) has no gradient to score: the fast path, whose head reports
+    through dugrpo.head_logprobs' tap, leaves it out as the plain per-question loop does (float64)."""
+    model, opt, dev, gen = make(False, True, True, torch.float64)
+    every = influence.plain_scores(model, opt, dev, gen, mode="preconditioned_cosine")
+    model.lm_head.weight.requires_grad_(False)
+    plain = influence.plain_scores(model, opt, dev, gen, mode="preconditioned_cosine")
+    assert rel_err(plain, every) > 1e-3                      # the head did weigh in before
+    assert rel_err(influence.influence_scores(model, opt, dev, gen, mode="preconditioned_cosine",
+                                              chunk_questions=2), plain) <= F64
+
+
 @pytest.mark.parametrize("mode", ["cosine", "preconditioned_cosine"])
 @pytest.mark.parametrize("ckpt", [False, True])
 @pytest.mark.parametrize("budget", [10, 40, 64, 200])
