@@ -45,6 +45,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -365,7 +366,6 @@ def _length_sets(n: int = 32) -> dict[str, list[tuple[int, int]]]:
     """(prompt, response) token lengths of n rollouts: the toy's (its anchor's tokenizer on real toy dev
     prompts and solver responses), and a long tail standing in for 8k-token RL responses at a quarter of
     the scale: prompts 32-128, responses 16 x Pareto(1.1) capped at 1024 (most short, a few truncated)."""
-    import random
     import toy
     from grading import solver_messages
     from records import render_prompt
@@ -435,7 +435,7 @@ def _packing_rows(lengths_sets, run) -> list[dict]:
     rows = []
     for name, lengths in lengths_sets.items():
         widest = max(p + r for p, r in lengths)
-        lengths = __import__("random").Random(1).sample(lengths, len(lengths))    # the order rollouts come in
+        lengths = random.Random(1).sample(lengths, len(lengths))    # the order rollouts come in
         before, after = run(lengths, 0), run(lengths, 8 * widest)
         share = lambda r: 1 - r["tokens"] / r["padded"]
         rows.append({"lengths": name, "rows": len(lengths), "widest": widest, "tokens": before["tokens"],
@@ -682,7 +682,6 @@ def bench_gpu() -> list[dict]:
     model = opt = None                     # free them before the memory plan (the lambdas above are done)
 
     # 3b. PPO micro-batches by a token budget against micro_batch rows, on a long tail of response lengths
-    import random
     rng, k = random.Random(0), 1 if tiny else 8                  # on the GPU: up to 8k-token responses
     tail = {"long_tail": [(rng.randint(32, 128) * k, min(1024 * k, int(16 * k * rng.paretovariate(1.1))))
                           for _ in range(32)]}
