@@ -266,7 +266,8 @@ def question_scalars(model, optimizer, m, kept, mode, temperature, tis_cap, chun
     q_width = [int(widths[rows].max()) for rows in rows_of]       # a question's forward: g_max x its width
     split = [j for j, w in enumerate(q_width) if g_max * w > max_tokens]
     fit = [j for j, w in enumerate(q_width) if g_max * w <= max_tokens]
-    chunks = [[fit[k] for k in b] for b in pack([q_width[j] for j in fit], max_tokens / g_max, chunk_questions)]
+    chunks = [[fit[k] for k in b]
+              for b in pack([q_width[j] for j in fit], max_tokens / g_max, max_items=chunk_questions)]
     dot, norm2 = torch.zeros(len(qids), dtype=torch.float64), torch.zeros(len(qids), dtype=torch.float64)
     for c in range(max_over_ranks(len(chunks))):
         chunk = chunks[c] if c < len(chunks) else []

@@ -95,31 +95,21 @@ class Rollouts:
                         mv(self.group_ids), mv(self.rewards), mv(self.sampler_logprobs))
 
 
-def row_batches(widths: list[int], max_tokens: float, max_items: int | None = None) -> list[list[int]]:
-    """Consecutive items (rows, or questions) in batches whose padded size (items x widest item) stays
-    <= max_tokens, of at most max_items; an item wider than the budget gets a batch of its own."""
-    out, cur, cur_w = [], [], 0
-    for i, w in enumerate(widths):
-        nw = max(cur_w, w)
-        if cur and ((len(cur) + 1) * nw > max_tokens or (max_items is not None and len(cur) >= max_items)):
-            out.append(cur)
-            cur, nw = [], w
-        cur.append(i)
-        cur_w = nw
-    if cur:
-        out.append(cur)
-    return out
-
-
-def pack(widths: list[int], max_tokens: float, max_batches: int | None = None) -> list[list[int]]:
-    """Micro-batches by a token budget: items sorted by width (longest first), cut into consecutive
-    batches of <= max_tokens padded tokens (batch size x widest item; a wider item alone). max_batches None:
-    the fewest batches (greedy). Else: at most max_batches (or the fewest possible, if more) with the fewest
-    padded tokens (a dynamic programme over the cuts). Each batch lists its items in their original order."""
+def pack(widths: list[int], max_tokens: float, max_batches: int | None = None,
+         max_items: int | None = None) -> list[list[int]]:
+    """Micro-batches by a token budget: items (rows, or questions) sorted by width, longest first, cut into
+    consecutive batches of <= max_tokens padded tokens (batch size x widest item; a wider item alone) and
+    <= max_items items. max_batches None: the fewest batches (greedy). Else: at most max_batches (or the
+    fewest possible, if more) with the fewest padded tokens (a dynamic programme over the cuts; max_items
+    unused). Each batch lists its items in their original order."""
     n = len(widths)
     order = sorted(range(n), key=lambda i: -widths[i])
     w = [widths[i] for i in order]
-    cuts = row_batches(w, max_tokens)                              # greedy: the fewest batches
+    cuts = []                                                      # greedy: the fewest batches
+    for i in range(n):
+        if not cuts or (len(cuts[-1]) + 1) * w[cuts[-1][0]] > max_tokens or len(cuts[-1]) == max_items:
+            cuts.append([])
+        cuts[-1].append(i)
     if max_batches is not None and n > 1:
         max_batches = max(max_batches, len(cuts))
         inf = float("inf")

@@ -263,10 +263,12 @@ def test_pack_by_tokens_against_brute_force():
         fits = lambda p: all(len(b) == 1 or len(b) * max(w[i] for i in b) <= budget for b in p)
         every = [p for p in partitions(list(range(n))) if fits(p)]
         fewest = min(len(p) for p in every)
-        greedy, best = pack(w, budget), pack(w, budget, k)
-        for got in (greedy, best):
+        greedy, best, capped = pack(w, budget), pack(w, budget, k), pack(w, budget, max_items=k)
+        for got in (greedy, best, capped):
             assert sorted(i for b in got for i in b) == list(range(n))
             assert all(b == sorted(b) for b in got) and fits(got)
         assert len(greedy) == fewest and len(best) <= max(k, fewest)
+        assert max(map(len, capped)) <= k          # max_items: the fewest batches of at most k items each
+        assert len(capped) == min(len(p) for p in every if max(map(len, p)) <= k)
         assert padded(w, best) == min(padded(w, p) for p in every if len(p) <= max(k, fewest))
     assert pack([5, 5, 5], 100, 3) == [[0, 1, 2]]         # one batch: the rows keep their order

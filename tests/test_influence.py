@@ -1,6 +1,7 @@
 """influence.py against the paper's per-question loop (tests/influence_reference.py), a real AdamW, and
 the first-order meaning of the score. Tiny Qwen3 built from a config; no download."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -166,7 +167,15 @@ def test_chunk_size_does_not_change_scores(chunk):
     """Chunking regroups the same sums: a tight comparison, so both sides run in float64."""
     model, opt, dev, gen = make(False, True, True, torch.float64)
     base = influence.influence_scores(model, opt, dev, gen, chunk_questions=4)
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
     assert rel_err(influence.influence_scores(model, opt, dev, gen, chunk_questions=chunk), base) <= F64
+    n_with_chunk = len(forwards)
+    influence.influence_scores(model, opt, dev, gen, chunk_questions=1000)     # one chunk holds them all
+    hook.remove()
+    n_q = len(torch.unique(influence._kept(gen).group_ids))
+    # at most `chunk` questions per forward, and no more forwards than that needs (the token budget is wide)
+    assert n_with_chunk - (len(forwards) - n_with_chunk) == math.ceil(n_q / chunk) - 1, (n_q, chunk)
 
 
 def test_unequal_group_sizes_and_order():
