@@ -13,19 +13,15 @@ algorithm.md §4) is
 
 1. `plain_scores`, the definition: the paper's loop, one backward into .grad per question
    (`question_by_backward`). The reference of tests and bench.py; the fallback for a too-large question.
-2. `influence_scores`, the fast exact version: one forward over a chunk of questions, ONE backward of
-   activation gradients. A tap on every module's output saves its input x; its backward gets the output
-   gradient delta and forms per-question weight gradients directly (Linear: g_q = sum_{tokens of q}
-   delta_t x_t^T, one batched matmul), preconditioned and reduced before the next module's gradient
-   arrives; the LM head (its logits never exist whole: dugrpo.head_logprobs) hands over its input and
-   logit gradient block by block instead. Tests compare it with 1. and with a float64 loop
-   (tests/influence_reference.py), mode by mode.
-Memory: each forward <= `max_tokens` padded tokens; activation checkpointing works in both paths. Owners:
-Linear, Embedding, 1-D affine norms (tied embeddings summed before preconditioning); others are an error.
-FSDP2: m from an ordinary backward (scaled by the world size to undo FSDP's averaging); the hook path
-gathers one parameter's m and exp_avg_sq at a time; ranks with fewer questions run zero-weight passes.
-Left out (algorithm.md §4.2, §4.5): a momentum buffer for m, free-form "shortcut" questions (off in every
-recipe), random projections, layer subsets: all parameters, fp32.
+2. `influence_scores`, the fast exact version: one forward over a chunk of questions, ONE backward. A tap
+   on every module's output saves its input x; its backward gets the output gradient delta and forms the
+   per-question weight gradients (Linear: g_q = sum_{tokens of q} delta_t x_t^T, one batched matmul),
+   reduced to two scalars before the next module's gradient arrives; the LM head (dugrpo.head_logprobs)
+   hands over its input and logit gradient block by block. Tested against 1. and a float64 loop.
+Each forward holds <= `max_tokens` padded tokens. Parameters: Linear, Embedding, 1-D affine norms (tied
+embeddings summed first). FSDP2: m from an ordinary backward; the hook path gathers one parameter's m and
+exp_avg_sq at a time; ranks with fewer questions run zero-weight passes. Left out (algorithm.md §4.2,
+§4.5): a momentum buffer for m, "shortcut" questions, random projections, layer subsets.
 """
 from __future__ import annotations
 
@@ -114,17 +110,18 @@ def dev_gradient(model, dev, temperature: float = 0.7, tis_cap: float = 2.0,
 
 
 def precondition(grad: torch.Tensor, exp_avg_sq: torch.Tensor | None, step: int | float,
-                 beta2: float, eps: float) -> torch.Tensor:
+                 beta2: float, eps: float, in_place: bool = False) -> torch.Tensor:
     """gamma = g / (sqrt(v' / (1 - beta2^(step+1))) + eps),  v' = beta2 * v + (1 - beta2) * g * g.
 
     grad [..., *P] broadcasts against exp_avg_sq [*P] (None: v = 0); step = steps taken so far. AdamW's step
-    on g with beta1 = 0, no weight decay, lr 1: g's square enters v first (step 1 ~ sign(g)); eps outside."""
-    g = grad.to(acc_dtype(grad.dtype))
-    v_new = (1.0 - beta2) * g * g
+    on g with beta1 = 0, no weight decay, lr 1: g's square enters v first (step 1 ~ sign(g)); eps outside.
+    in_place: gamma overwrites grad (an fp32 block of the hook path: one temporary, not four)."""
+    g = grad if in_place else grad.to(acc_dtype(grad.dtype), copy=True)
+    denom = (g * g).mul_(1.0 - beta2)
     if exp_avg_sq is not None:
-        v_new = v_new + beta2 * exp_avg_sq.to(g.dtype)
-    bias_correction = 1.0 - beta2 ** (float(step) + 1.0)
-    return g / (torch.sqrt(v_new / bias_correction) + eps)
+        denom.add_(exp_avg_sq.to(g.dtype), alpha=beta2)
+    denom.div_(1.0 - beta2 ** (float(step) + 1.0)).sqrt_().add_(eps)
+    return g.div_(denom)
 
 
 def adamw_state(optimizer: torch.optim.Optimizer, param: nn.Parameter):
@@ -302,15 +299,10 @@ def _chunk_batch(kept, rows_list, g_max, l_gen):
     idx = torch.tensor(rows)
     real = idx >= 0
     t = int(kept.widths()[idx[real]].max()) if real.any() else 2
-    safe = idx.clamp(min=0)
-    if len(kept):
-        pick = lambda x: None if x is None else (x[safe][:, :t] * real.view(-1, 1).to(x.dtype))
-        ids, am, rm, slp = pick(kept.input_ids), pick(kept.attention_mask), pick(kept.response_mask), \
-            pick(kept.sampler_logprobs)
-        rewards = kept.rewards[safe] * real
-    else:
-        ids, am = torch.zeros(len(rows), t, dtype=torch.long), torch.zeros(len(rows), t, dtype=torch.long)
-        rm, slp, rewards = torch.zeros(len(rows), t), None, torch.zeros(len(rows))
+    safe, src = idx.clamp(min=0), kept if len(kept) else filler()     # dummies: row 0, zeroed
+    pick = lambda x: None if x is None else (x[safe][:, :t] * real.view(-1, 1).to(x.dtype))
+    ids, am, rm, slp = (pick(x) for x in (src.input_ids, src.attention_mask, src.response_mask, src.sampler_logprobs))
+    rewards = src.rewards[safe] * real
     am[~real, 0] = 1                               # one visible token keeps attention well defined
     gids = torch.repeat_interleave(torch.arange(qc), g_max)
     # dummy rows get their own group ids so they never shift a real group's mean reward
@@ -378,22 +370,14 @@ class _Blocks:
             if kind == "linear":
                 xin = x.reshape(qc, -1, x.shape[-1])                             # [Qc, G*T, in]
                 d = delta.reshape(qc, -1, delta.shape[-1])                       # [Qc, G*T, out]
-                n_tok, width = d.shape[1], max(d.shape[2], xin.shape[2])
-                step = max(1, TEMP_ELEMENTS // (qc * width))                     # tokens per fp32 slice
-                if step >= n_tok:                                                # one slice: one bmm
-                    d, xin = d.to(self.acc), xin.to(self.acc)
-                    blocks = {"weight": torch.bmm(d.transpose(1, 2), xin)}      # [Qc, out, in]
-                    if "bias" in names:
-                        blocks["bias"] = d.sum(1)                                # [Qc, out]
-                else:             # token slices: the fp32 copies of delta and x stay <= TEMP_ELEMENTS
-                    w = torch.zeros(qc, d.shape[2], xin.shape[2], dtype=self.acc, device=d.device)
-                    bias = torch.zeros(qc, d.shape[2], dtype=self.acc, device=d.device) if "bias" in names else None
-                    for s in range(0, n_tok, step):
-                        ds = d[:, s:s + step].to(self.acc)
-                        w.baddbmm_(ds.transpose(1, 2), xin[:, s:s + step].to(self.acc))
-                        if bias is not None:
-                            bias += ds.sum(1)
-                    blocks = {"weight": w} if bias is None else {"weight": w, "bias": bias}
+                # by token slices, so that the fp32 copies of delta and x stay <= TEMP_ELEMENTS
+                step = max(1, TEMP_ELEMENTS // (qc * max(d.shape[2], xin.shape[2])))
+                blocks = {"weight": torch.zeros(qc, d.shape[2], xin.shape[2], dtype=self.acc, device=d.device),
+                          "bias": torch.zeros(qc, d.shape[2], dtype=self.acc, device=d.device)}  # [Qc, out, in]
+                for s in range(0, d.shape[1], step):
+                    ds = d[:, s:s + step].to(self.acc)
+                    blocks["weight"].baddbmm_(ds.transpose(1, 2), xin[:, s:s + step].to(self.acc))
+                    blocks["bias"] += ds.sum(1)
             elif kind == "embedding":
                 v, h = mod.weight.shape[0], delta.shape[-1]
                 ids = x.reshape(qc, -1)                                          # [Qc, G*T]
@@ -449,7 +433,7 @@ class _Blocks:
         for s in range(0, g.shape[1], cols):        # (one slice for all but the largest modules)
             u = g[:, s:s + cols]
             if pre:
-                u = _precondition_(u, None if v is None else v[s:s + cols], step, beta2, eps)
+                u = precondition(u, None if v is None else v[s:s + cols], step, beta2, eps, in_place=True)
             self.dot = self.dot + (u @ m[s:s + cols]).double().cpu()                      # [Qc]
             self.norm2 = self.norm2 + torch.linalg.vector_norm(u, dim=1).double().pow(2).cpu()  # [Qc]
 
@@ -468,16 +452,6 @@ class _Tap(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         ctx.blocks._on_grad(ctx.mod, x, delta)
         return delta, None, None, None
-
-
-def _precondition_(g, v, step, beta2, eps):
-    """precondition() for a per-question block g [Qc, *P], overwriting g (same formula, fewer passes)."""
-    denom = g * g                                                      # (1-b2) g^2 + b2 v, in place
-    denom.mul_(1.0 - beta2)
-    if v is not None:
-        denom.add_(v, alpha=beta2)
-    denom.div_(1.0 - beta2 ** (float(step) + 1.0)).sqrt_().add_(eps)
-    return g.div_(denom)
 
 
 def _kind(mod, direct):
