@@ -1,10 +1,7 @@
-"""dist.py -- the distributed helpers every file shares; each is a no-op at world size 1.
-
-Plain torch.distributed: the loop only ever gathers small Python objects (counts, ids, scores) and sums
-short lists of numbers; gradients are reduced by FSDP2 itself or, for a replicated model, by `all_reduce_`.
-Under FSDP2 (`fully_shard`) a parameter or gradient is a DTensor: `local` is this rank's shard, `full` the
-all-gathered tensor (a collective every rank must join, in the same order), `sharded` says which it is.
-"""
+"""dist.py -- the distributed helpers every file shares, plain torch.distributed; each is a no-op at world
+size 1. The loop gathers only small Python objects (counts, ids, scores); gradients are reduced by FSDP2 or,
+for a replicated model, by `all_reduce_`. Under FSDP2 a parameter or gradient is a DTensor: `local` is this
+rank's shard, `full` the whole tensor (a collective every rank joins, in the same order)."""
 from __future__ import annotations
 
 import torch

@@ -1,16 +1,13 @@
 """dugrpo.py -- the pure tensor math of INFUSER's policy updates (README eq. 1-3, algorithm.md §3, §6).
 
-  group_advantages   per group of rollouts ("none" Dr.GRPO for the solver, "hybrid_std" DuGRPO for the
-                     generator; "group_std", "batch_std" the generator ablations)
-  varying_groups     the explicit zero-variance filter (§3.4, §5.2): callers decide where rows are dropped
-  token_logprobs     log p(input_ids[n,t] | input_ids[n,<t]) of logits / T from the LM head's input,
-                     block by block (head_logprobs): the [N, T, V] logits are never materialised
+  group_advantages   per group of rollouts: "none" (Dr.GRPO, the solver), "hybrid_std" (DuGRPO, the
+                     generator), "group_std" and "batch_std" (the generator's ablations)
+  varying_groups     the zero-variance filter (§3.4, §5.2): callers decide where rows are dropped
+  token_logprobs     log p(input_ids[n,t] | input_ids[n,<t]) at temperature T, the LM head run block by
+                     block (head_logprobs): the [N, T, V] logits never exist whole
   tis_weights        token-level truncated importance weights min(pi_old / pi_sampler, cap) (§3.6)
-  policy_loss        PPO clipped surrogate with dual clip, times the TIS weight, summed over response tokens
-                     and divided by token_mean_normaliser (minibatch size x batch-mean response length)
-Not here: KL penalties and entropy bonuses (the paper uses neither), sequence-level importance sampling,
-rejection sampling, advantage clipping (off in every recipe). No model code, no I/O, no process group.
-Shapes: N rollouts, T tokens, V vocabulary, K groups.
+  policy_loss        PPO clip + dual clip, times the TIS weight, over token_mean_normaliser
+No KL or entropy terms (the paper uses neither). Shapes: N rollouts, T tokens, V vocabulary, K groups.
 """
 from __future__ import annotations
 
@@ -34,14 +31,10 @@ def group_mean_std(rewards: torch.Tensor, group_ids: torch.Tensor):
     """rewards [N], group_ids [N] (any values, any order) -> mu [N], sigma [N], sigma per group [K]:
     per-group mean and unbiased std; a group of one rollout gets mu = 0, sigma = 1 (verl's rule)."""
     inverse, counts = _groups(group_ids)                                  # [N], [K]
-    k = counts.numel()
-    r = rewards
-    sums = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, r)
-    cnt = counts.to(r.dtype)
-    mean = sums / cnt                                                     # [K]
+    r, cnt = rewards, counts.to(rewards.dtype)
+    mean = torch.zeros_like(cnt).index_add_(0, inverse, r) / cnt          # [K]
     dev = r - mean[inverse]                                               # [N]
-    ss = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, dev * dev)
-    std = torch.sqrt(ss / (cnt - 1).clamp(min=1))                          # [K] unbiased
+    std = torch.sqrt(torch.zeros_like(cnt).index_add_(0, inverse, dev * dev) / (cnt - 1).clamp(min=1))  # [K]
     single = counts == 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(std), std)
@@ -79,11 +72,10 @@ def varying_groups(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float = 
     if rewards.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=rewards.device)
     inverse, counts = _groups(group_ids)
-    r = rewards.double()
-    k = counts.numel()
-    mean = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, r) / counts
+    r, cnt = rewards.double(), counts.double()
+    mean = torch.zeros_like(cnt).index_add_(0, inverse, r) / cnt
     dev = r - mean[inverse]
-    var = torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, inverse, dev * dev) / counts
+    var = torch.zeros_like(cnt).index_add_(0, inverse, dev * dev) / cnt
     return (var.sqrt() > tol)[inverse]
 
 
@@ -109,11 +101,10 @@ def _blocks(n: int, w: int, v: int, budget: int):
 
 
 class _HeadLogprob(torch.autograd.Function):
-    """lp = log_softmax(h W^T / T).gather(targets), block by block. The forward keeps h (as nn.Linear
-    would) and an [N, W] log-sum-exp; the backward recomputes each block's logits (a lone block is kept
-    instead) and forms d logits = (onehot(target) - softmax(h W^T / T)) g / T, then dh = d W and
-    dW += d^T h (dW in fp32).
-    `tap`, when given (influence.py), sees every block: tap.block(r0, r1, h, d) and tap.done() at the end."""
+    """lp = log_softmax(h W^T / T).gather(targets), block by block. The forward keeps h and an [N, W]
+    log-sum-exp; the backward recomputes each block's logits (a lone block is kept instead), forms
+    d logits = (onehot(target) - softmax(h W^T / T)) g / T, then dh = d W and dW += d^T h (in fp32).
+    A `tap` (influence.py) sees every block: tap.block(r0, r1, h, d), then tap.done()."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, budget, tap):
@@ -160,10 +151,9 @@ class _HeadLogprob(torch.autograd.Function):
 
 def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, tap=None) -> torch.Tensor:
-    """hidden [N, W, H] (the LM head's input), weight [V, H] (a bias-free head), targets [N, W] ->
-    lp [N, W] (fp32; fp64 for fp64 inputs), lp[n, s] = log softmax(hidden[n, s] W^T / T)[targets[n, s]]:
-    the tempered distribution, as the sampler reports it, so that pi_old / pi_sampler compares like with like.
-    Peak memory of the logits: one block of <= chunk_elements, in the forward and in the backward."""
+    """hidden [N, W, H] (the LM head's input), weight [V, H] (a bias-free head), targets [N, W] -> lp [N, W]
+    (fp32; fp64 for fp64 inputs), lp[n, s] = log softmax(hidden[n, s] W^T / T)[targets[n, s]]: tempered, as
+    the sampler reports it. The logits exist one block of <= chunk_elements at a time."""
     return _HeadLogprob.apply(hidden, weight, targets, float(temperature), int(chunk_elements), tap)
 
 
@@ -262,14 +252,13 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     with torch.no_grad():
         ntok = mask.sum().clamp(min=1)
         mmean = lambda x: (x * mask).sum() / ntok
-        raw = (torch.exp(torch.clamp(old_logprobs - sampler_logprobs, -20.0, 20.0))
-               if sampler_logprobs is not None else torch.ones_like(w))
         stats = {
             "clip_frac": mmean((loss2 > loss1).to(mask.dtype)),
             "dual_clip_frac": mmean(((adv < 0) & (loss3 < clipped)).to(mask.dtype)),
             "tis_mean": mmean(w),
             "tis_max": torch.where(on, w, torch.zeros_like(w)).amax(),     # w > 0: 0 when no token
-            "tis_truncated_frac": mmean((raw > tis_cap).to(mask.dtype)),
+            "tis_truncated_frac": mmean((tis_weights(old_logprobs, sampler_logprobs, float("inf")) > tis_cap)
+                                        .to(mask.dtype)),
             "approx_kl": mmean(old_logprobs - logprobs),
             "ratio_mean": mmean(ratio),
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from dugrpo import acc_dtype, token_logprobs
-from influence import MODES, _train_mode, adamw_state, precondition
+from influence import MODES, _training, adamw_state, precondition
 
 
 def loss_gradient(model, loss) -> dict[str, torch.Tensor]:
@@ -37,7 +37,7 @@ def example_scores(model, optimizer, examples, loss, query: dict[str, torch.Tens
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     q_norm = sum(query[n].double().pow(2).sum() for n in params).sqrt().item()
     scores = torch.zeros(len(examples), dtype=torch.float64)
-    with _train_mode(model):
+    with _training(model):
         for i, example in enumerate(examples):
             grads = loss_gradient(model, lambda: loss(model, example))
             dot = norm2 = 0.0

@@ -1,22 +1,12 @@
-"""grading.py -- how the loop grades an answer: the solver's prompts, the official answer extraction, and
-grade(), which checks a free-form answer through the math worker (mathworker.py).
-
-  solver_messages   the solver prompt (own wording, the official structure; algorithm.md §3.1), shared by
-                    training and evaluation so that evaluation measures what training optimises
-  extraction        the official MCQ extractor (`verl_inf_evolve/utils/mcq_utils.py`): extract_boxed,
-                    strip_wrappers, mcq_letter, key_letter
-  grade             (response, ground_truth, choices=None) -> 1.0 / 0.0 / None (no answer extracted, or
-                    undecidable): the boxed letter for multiple choice, in-process; otherwise the extraction
-                    rules of the data_source (a generated question's is "math": MATH-500's,
-                    benchmarks.free_form_answer) and mathworker.math_equal (math-verify OR the rule-based
-                    judge), all in the killable worker within one deadline. The benchmarks' own patterns:
-                    benchmarks.py.
+"""grading.py -- how the loop grades an answer: the solver's prompts (solver_messages, shared by training and
+evaluation), the official MCQ extractor (`verl_inf_evolve/utils/mcq_utils.py`: extract_boxed,
+strip_wrappers, mcq_letter, key_letter) and grade(): the boxed letter against the key in-process, or a
+free-form answer by its data source's rules and math_equal in the killable math worker (mathworker.py).
+Nothing heavy is imported here: the math worker's program imports this file (through benchmarks.py).
 """
 from __future__ import annotations
 
 import re
-
-# Nothing heavy is imported here: the math worker's program imports this file (through benchmarks.py).
 
 # -----------------------------------------------------------------------------------------------------
 # 1. Solver prompt (algorithm.md §3.1). Own wording; same structure as the paper's.
@@ -38,9 +28,8 @@ FREE_FORM_SYSTEM_PROMPT = (
 
 
 def solver_messages(question: str, choices: list[str] | None = None) -> list[dict]:
-    """Chat messages [system, user] for one question. With choices: the MCQ prompt, the question as
-    "Question: ..." followed by one "A) ..." line per choice. Without: the free-form system prompt and
-    the raw question as the user message (algorithm.md §3.1)."""
+    """Chat messages [system, user]: with choices the MCQ prompt, "Question: ..." then an "A) ..." line per
+    choice; without, the free-form system prompt and the question itself (algorithm.md §3.1)."""
     if not isinstance(question, str):
         raise TypeError(f"question must be a str, got {type(question).__name__}")
     if not choices:
@@ -102,9 +91,8 @@ def strip_wrappers(s: str) -> str:
 
 
 def mcq_letter(response: str | None) -> str | None:
-    """The answer of a multiple-choice response (official `extract_boxed_answer`): the last \\boxed{...},
-    wrappers stripped; if it starts with a letter, that letter upper-cased (so "\\boxed{b) 4}" -> "B");
-    otherwise the box content itself (e.g. "4" or "{B}", which then match no key)."""
+    """A multiple-choice answer (official `extract_boxed_answer`): the last \\boxed{...}, wrappers stripped;
+    its first letter upper-cased ("\\boxed{b) 4}" -> "B"), else the content ("4", "{B}": they match no key)."""
     content = extract_boxed(response, last=True)
     if content is None:
         return None
@@ -114,9 +102,8 @@ def mcq_letter(response: str | None) -> str | None:
 
 
 def key_letter(ground_truth: str, choices: list[str]) -> str | None:
-    """Letter of the key in the displayed order (official `_normalize_mcq_ground_truth`): a key that,
-    trimmed and upper-cased, is a letter valid for this many choices is read as that letter; otherwise
-    it is matched, upper-cased, to a trimmed choice. None when neither works (or past Z)."""
+    """The key's letter in the displayed order (official `_normalize_mcq_ground_truth`): the key, trimmed and
+    upper-cased, if a letter valid here; else the letter of the choice it matches (trimmed, any case); None."""
     key = str(ground_truth).strip().upper()
     letters = list(LETTERS[:len(choices)])
     if key in letters:
@@ -128,7 +115,7 @@ def key_letter(ground_truth: str, choices: list[str]) -> str | None:
 
 
 # -----------------------------------------------------------------------------------------------------
-# 4. Grading: what the training loop scores a response with (Question.grade)
+# 3. Grading: what the training loop scores a response with (Question.grade)
 
 def mcq_key(ground_truth: str, choices: list[str]) -> str:
     """key_letter, or a one-line ValueError for a key that is neither a letter nor a choice's text."""
@@ -142,12 +129,10 @@ def mcq_key(ground_truth: str, choices: list[str]) -> str:
 
 def grade(response: str | None, ground_truth: str, choices: list[str] | None = None, *, source: str = "math",
           unit: str | None = None, answer_type: str | None = None, timeout: float | None = None) -> float | None:
-    """1.0 if `response` answers correctly, 0.0 if it gives a wrong answer, None if no answer can be
-    extracted or the verifier cannot decide (timeout included). Never raises on any response string.
-    With non-empty `choices`: the letter of the last \\boxed{} against the key (a letter or a choice's
-    text), in-process, linear time. Otherwise: the answer extracted by the rules of `source` (default "math",
-    MATH-500's: benchmarks.free_form_answer), then `math_equal`; all in the worker, within one `timeout`
-    (default mathworker.DEFAULT_TIMEOUT) in total."""
+    """1.0 right, 0.0 wrong, None when no answer is extracted or the verifier cannot decide (timeout
+    included); never raises on a string. With choices: the last \\boxed{} letter against the key (a letter
+    or a choice's text), in-process. Otherwise: the answer by the rules of `source` (MATH-500's:
+    benchmarks.free_form_answer), then math_equal, in the worker within one `timeout` in all."""
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     if choices:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from dist import all_reduce_, full, gather_flat, local, max_over_ranks, rank_world, sharded
+from dist import all_reduce_, all_sum, full, gather_flat, local, max_over_ranks, rank_world, sharded
 from dugrpo import acc_dtype, group_advantages, tis_weights, token_logprobs, varying_groups
 from records import Rollouts, pack
 
@@ -49,10 +49,9 @@ def plain_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_cosi
     kept = _kept(gen)
     l_gen, qids, rows_of = _questions(kept)
     dot, norm2 = torch.zeros(len(qids), dtype=torch.float64), torch.zeros(len(qids), dtype=torch.float64)
-    with _train_mode(model):
-        for j, d, n in _loop_scalars(model, optimizer, m, kept, rows_of, range(len(qids)), mode, l_gen,
-                                     temperature, tis_cap, max_tokens):
-            dot[j], norm2[j] = d, n
+    for j, d, n in _loop_scalars(model, optimizer, m, kept, rows_of, range(len(qids)), mode, l_gen,
+                                 temperature, tis_cap, max_tokens):
+        dot[j], norm2[j] = d, n
     return _fill(scores, uniq, qids, dot, norm2, m, mode)
 
 
@@ -68,7 +67,7 @@ def question_by_backward(model, optimizer, m, rows, mode, l_gen, temperature, ti
     scale = (world if shard else 1) / (n_q * l_gen)
     if len(share) == 0:                   # fewer rows than ranks: this rank only keeps FSDP in step
         share, adv, scale = filler(), torch.zeros(1, dtype=torch.float64), 0.0
-    with _saved_grads(list(params.values())):
+    with _training(model):
         _backward_rows(model, share, adv, scale, temperature, tis_cap, max_tokens)
         part = torch.zeros(2, dtype=torch.float64)
         for name, p in params.items():
@@ -89,7 +88,7 @@ def dev_gradient(model, dev, temperature: float = 0.7, tis_cap: float = 2.0,
     """m = G(R_dev) as {param name: fp32 tensor (the local shard under FSDP2)}, or None when no dev group
     (on any rank) has reward variance. Advantages over whole groups, then micro-batches of <= max_tokens."""
     dev = _kept(dev)
-    n_rows, n_tokens = all_reduce_(torch.tensor([len(dev), dev.response_mask.sum().item()], dtype=torch.float64)).tolist()
+    n_rows, n_tokens = all_sum([len(dev), dev.response_mask.sum().item()])
     if n_rows == 0:
         return None
     params = dict(model.named_parameters())
@@ -99,7 +98,7 @@ def dev_gradient(model, dev, temperature: float = 0.7, tis_cap: float = 2.0,
     adv = group_advantages(dev.rewards.double(), dev.group_ids, "none")                     # [N] whole groups
     if len(dev) == 0:                     # this rank has no signal rows: it joins with zero-weight passes
         dev, adv, scale = filler(), torch.zeros(1, dtype=torch.float64), 0.0
-    with _saved_grads(list(params.values())), _train_mode(model):
+    with _training(model):
         _backward_rows(model, dev, adv, scale, temperature, tis_cap, max_tokens)
         m = {n: p.grad.detach().to(acc_dtype(p.dtype)).clone() if p.grad is not None
              else torch.zeros_like(p, dtype=acc_dtype(p.dtype)) for n, p in params.items()}
@@ -130,9 +129,7 @@ def adamw_state(optimizer: torch.optim.Optimizer, param: nn.Parameter):
     if group is None:
         raise ValueError("a model parameter is not managed by the optimizer passed to influence_scores")
     state = optimizer.state.get(param, {})
-    step = state.get("step", 0)
-    step = float(step.item()) if torch.is_tensor(step) else float(step)
-    return state.get("exp_avg_sq"), step, float(group["betas"][1]), float(group["eps"])
+    return state.get("exp_avg_sq"), float(state.get("step", 0)), float(group["betas"][1]), float(group["eps"])
 
 
 def pg_surrogate(model, rollouts, adv, temperature: float, tis_cap: float, row_scale: torch.Tensor,
@@ -161,9 +158,9 @@ def _setup(model, dev, mode, temperature, tis_cap, max_tokens, gen):
 
 def _questions(kept):
     """(batch-wide L_gen, this rank's question ids [Q'], the rows of each) of the varying groups `kept`."""
-    stats = all_reduce_(torch.tensor([len(kept), kept.response_mask.sum().item()], dtype=torch.float64))
+    n_rows, n_tokens = all_sum([len(kept), kept.response_mask.sum().item()])
     qids = torch.unique(kept.group_ids, sorted=True)
-    return stats[1].item() / max(stats[0].item(), 1.0), qids, [(kept.group_ids == q).nonzero().squeeze(-1) for q in qids]
+    return n_tokens / max(n_rows, 1.0), qids, [(kept.group_ids == q).nonzero().squeeze(-1) for q in qids]
 
 
 def _loop_scalars(model, optimizer, m, kept, rows_list, local_index, mode, l_gen, temperature, tis_cap, max_tokens):
@@ -210,27 +207,20 @@ def filler() -> Rollouts:
 
 
 @contextmanager
-def _saved_grads(params):
-    """Run a block that calls .backward() and leave every parameter's .grad as it was before."""
+def _training(model):
+    """A block of training-mode forwards (activation checkpointing applies only in train mode; no dropout
+    here) and backwards into .grad; the mode and every parameter's .grad are as they were after it."""
+    params, was = list(model.parameters()), model.training
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
-    try:
-        yield
-    finally:
-        for p, g in zip(params, saved):
-            p.grad = g
-
-
-@contextmanager
-def _train_mode(model):
-    """Training-mode forwards (activation checkpointing applies only in train mode; no dropout here)."""
-    was = model.training
     model.train()
     try:
         yield
     finally:
         model.train(was)
+        for p, g in zip(params, saved):
+            p.grad = g
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,14 +230,13 @@ def influence_scores(model, optimizer, dev, gen, *, mode: str = "preconditioned_
                      temperature: float = 0.7, tis_cap: float = 2.0, chunk_questions: int = 16,
                      max_tokens: int = 32768) -> torch.Tensor:
     """One score per group of `gen` (ascending group id). dev, gen: the solver's Rollouts (this rank's share,
-    whole groups) with rewards in {0, 1}; optimizer: its live AdamW (read, never changed). Zero-variance gen
-    groups score 0; all 0 when no dev group has reward variance. Parameters, .grad, optimizer state stay
-    as they were. One module's [Qc, *param] block is alive at a time (Qc <= chunk_questions); a question
-    too large for one forward is scored by the plain loop (question_by_backward)."""
+    whole groups), rewards in {0, 1}; optimizer: its live AdamW, read only. Zero-variance groups score 0, and
+    all do when no dev group varies. One module's [Qc, *param] block is alive at a time (Qc <=
+    chunk_questions); a question too large for one forward is scored by question_by_backward."""
     scores, uniq, m = _setup(model, dev, mode, temperature, tis_cap, max_tokens, gen)
     if m is None:
         return scores
-    with _train_mode(model):
+    with _training(model):
         qids, dot, norm2 = question_scalars(model, optimizer, m, _kept(gen), mode, temperature, tis_cap,
                                             chunk_questions, max_tokens)
     return _fill(scores, uniq, qids, dot, norm2, m, mode)
@@ -316,8 +305,7 @@ class _Blocks:
 
     def __init__(self, model, optimizer, m, mode, qc, g):
         self.model, self.optimizer, self.m, self.mode, self.qc, self.g = model, optimizer, m, mode, qc, g
-        self.dot = torch.zeros(qc, dtype=torch.float64)
-        self.norm2 = torch.zeros(qc, dtype=torch.float64)
+        self.dot, self.norm2 = torch.zeros(qc, dtype=torch.float64), torch.zeros(qc, dtype=torch.float64)
         self.handles, self.pending, self.embed_outputs = [], {}, []
         self.uses = {}                     # param name -> number of modules that use it (2 when tied)
         self.owner = {}                    # module -> {attr: param name}
@@ -330,10 +318,9 @@ class _Blocks:
                 continue
             kind = _kind(mod, direct)
             if kind is None:
-                raise NotImplementedError(
-                    f"influence: cannot form per-question gradients for module {mod_name!r} "
-                    f"({type(mod).__name__}) with parameters {sorted(direct)}; supported are Linear, "
-                    "Embedding and 1-D elementwise-affine layers (RMSNorm, LayerNorm)")
+                raise NotImplementedError(f"influence: no per-question gradients for module {mod_name!r} "
+                                          f"({type(mod).__name__}, parameters {sorted(direct)}); supported: "
+                                          "Linear, Embedding, 1-D elementwise-affine layers (RMSNorm, LayerNorm)")
             names = {attr: by_id[id(p)] for attr, p in direct.items() if p.requires_grad}
             for n in names.values():
                 self.uses[n] = self.uses.get(n, 0) + 1
@@ -454,15 +441,11 @@ class _Tap(torch.autograd.Function):
         return delta, None, None, None
 
 
-def _kind(mod, direct):
-    if isinstance(mod, nn.Linear):
-        return "linear"
-    if isinstance(mod, nn.Embedding):
-        return "embedding"
-    if set(direct) <= {"weight", "bias"} and all(p.dim() == 1 for p in direct.values()) \
-            and not list(mod.children()):
-        return "affine"
-    return None
+def _kind(mod, direct) -> str | None:
+    if isinstance(mod, (nn.Linear, nn.Embedding)):
+        return "linear" if isinstance(mod, nn.Linear) else "embedding"
+    affine = set(direct) <= {"weight", "bias"} and all(p.dim() == 1 for p in direct.values())
+    return "affine" if affine and not list(mod.children()) else None
 
 
 def _affine_slope(mod, x):

@@ -1,22 +1,17 @@
 """infuser.py -- the INFUSER loop: one iteration as seven phases, and the PPO update both roles share.
 
-`run_iteration` reads top to bottom as the phases of README "What INFUSER computes" (algorithm.md §1.4):
+`run_iteration` runs the phases of README "What INFUSER computes" (algorithm.md §1.4), top to bottom:
   1 dev_rollouts       the solver answers every dev question n_solver times, graded (None counts as 0)
   2 draft_questions    the generator writes n_gen drafts per document, each parsed into a Question or a
                        counted rejection (questions.py)
   3 solver_rollouts    the solver answers each valid question n_solver times, graded against the key
   4 influence_phase    s_q on the PRE-update solver (influence.py, eq. 4-7); zero-variance questions score 0
-  5 generator_rewards  R = s_q (invalid: gen_invalid_penalty); constant documents dropped; DuGRPO (README eq. 2)
+  5 generator_rewards  R = s_q (invalid: gen_invalid_penalty); constant documents dropped; DuGRPO (eq. 2)
   6 generator_update   PPO-clip x token TIS over the global token-mean normaliser, grad clip (eq. 3)
-  7 solver_update      Dr.GRPO over the non-constant question groups, stratified by document (README eq. 1, 3)
-Baselines and ablations are config values, not code paths: fix_generator, dev_only, similarity_mode,
-generator_normalization, generator_reward (influence | spice | uncertainty), question_source,
-solver_mid_eos_penalty, and one labelled departure: dedup_questions. The iteration returns its records
-(Iteration), never metrics: the caller hands them to diagnostics.py. Distributed: each rank takes every
-world-th document and dev question; the few global quantities are gathered (dist.py); seeds derive from
-global ids, so any number of ranks draws the same samples. Left out (algorithm.md §10.2): curriculum refresh,
-seeded-dev generation, solver filter modes, GDPO rewards, the formatting bonus, several generator loops per
-solver loop.
+  7 solver_update      Dr.GRPO over the non-constant question groups, stratified by document (eq. 1, 3)
+Baselines and ablations are config values (config.py), not code paths. The iteration returns its records
+(Iteration); diagnostics.py turns them into metrics. Each rank takes every world-th document and dev
+question; seeds derive from global ids, so any number of ranks draws the same samples.
 """
 from __future__ import annotations
 
@@ -50,9 +45,8 @@ def seed_for(*parts) -> int:
 
 @dataclass
 class Role:
-    """One of the two co-evolving copies: the trained model, its AdamW, an engine (records.Engine) that
-    samples with the role's latest weights, and `sync` (None for an engine that samples the training model
-    itself) that pushes the weights into the engine before every rollout (algorithm.md §1.5)."""
+    """One of the two co-evolving copies: the trained model, its AdamW, an engine (records.Engine) and `sync`,
+    which pushes the latest weights into the engine before every rollout (None: it samples the model itself)."""
     name: str
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer | None
@@ -61,15 +55,13 @@ class Role:
     sync: Callable[[], None] | None = None
 
     def sample(self, prompts: list[list[dict]], params: SamplingParams, seeds: list[int]) -> list[list[Sample]]:
-        # an engine with a sleep mode (vLLM on CUDA) holds its memory only while it samples
-        wake, sleep = getattr(self.engine, "wake_up", None), getattr(self.engine, "sleep", None)
-        if wake is not None:
-            wake()
+        if hasattr(self.engine, "sleep"):        # vLLM with a sleep mode holds memory only while it samples
+            self.engine.wake_up()
         if self.sync is not None:
             self.sync()
         out = self.engine.generate(prompts, params, seeds=seeds)   # even with no prompts: a collective
-        if sleep is not None:
-            sleep()
+        if hasattr(self.engine, "sleep"):
+            self.engine.sleep()
         return out
 
 
@@ -105,8 +97,7 @@ class Draft:
 
 @dataclass
 class Iteration:
-    """What one iteration did: its records, for the caller's bookkeeping (diagnostics.py turns them into the
-    metrics line and the question log). seconds: this rank's seconds per phase, grading included."""
+    """What one iteration did, for diagnostics.py (the metrics line, the question log); seconds per phase."""
     it: int
     dev: Graded | None
     drafts: list[Draft]
@@ -167,9 +158,8 @@ def question_reward(kind: str, correct: list[float], score: float) -> float:
 # The PPO update shared by both roles (eq. 3; algorithm.md §3.6-3.8, §6)
 
 def stratify_by_doc(groups: list[tuple[int, str]]) -> list[int]:
-    """Order question groups so that one document's questions are spread evenly (algorithm.md §3.7): the
-    j-th of a document's k questions goes to position (j + 0.5) / k; ties keep first-seen document order.
-    groups: [(group id, doc id)] -> group ids in the new order."""
+    """[(group id, doc id)] -> group ids, each document's spread evenly (algorithm.md §3.7): the j-th of its
+    k questions goes to position (j + 0.5) / k; ties keep first-seen document order."""
     by_doc, first = {}, {}
     for i, (g, d) in enumerate(groups):
         by_doc.setdefault(d, []).append(g)
@@ -193,8 +183,8 @@ def micro_step(model, cfg, mb: Rollouts, adv: torch.Tensor, lp_old: torch.Tensor
 
 def micro_batches(cfg, widths: list[int]) -> list[list[int]]:
     """A minibatch's rows (their widths) per forward/backward: micro_batch rows in order; or, with
-    micro_batch_tokens, rows by length under that budget of padded tokens, in no more passes than
-    micro_batch rows need and with the least padding (records.pack). Gradient accumulation either way."""
+    micro_batch_tokens, rows by length under that budget, in no more passes than micro_batch rows need,
+    with the least padding (records.pack)."""
     n = len(widths)
     if cfg.micro_batch_tokens:
         return pack(widths, cfg.micro_batch_tokens, math.ceil(n / cfg.micro_batch))
@@ -203,10 +193,9 @@ def micro_batches(cfg, widths: list[int]) -> list[list[int]]:
 
 def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, group_order: list[int]) -> dict:
     """PPO over `rollouts` (this rank's rows) in minibatches of cfg.ppo_minibatch_groups whole groups, in
-    the global `group_order` (the same on every rank). The loss of a minibatch is divided by
-    dugrpo.token_mean_normaliser: B (groups per minibatch x group size) times the mean response length of
-    the whole update batch over all ranks, so a partial last minibatch weighs less (algorithm.md §3.6).
-    Under FSDP2 the loss is multiplied by the world size (FSDP averages gradients). Returns statistics."""
+    the global `group_order`. Each loss is divided by dugrpo.token_mean_normaliser: groups per minibatch x
+    group size x the whole update's mean response length, so a partial last minibatch weighs less
+    (algorithm.md §3.6); under FSDP2, times the world size (FSDP averages gradients). Returns statistics."""
     model, opt = role.model, role.optimizer
     device = next(model.parameters()).device
     n_rows, n_tok = all_sum([len(rollouts), rollouts.response_mask.sum().item()])
@@ -242,7 +231,7 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
                     if part is not None:
                         old[part, :lp.shape[1]] = lp
     model.train()
-    tok_sums, n_tok, loss_sum, tis_max, gnorms = {}, 0.0, 0.0, 0.0, []     # this rank's statistics
+    per_pass, gnorms = [], []            # this rank's (response tokens, loss, statistics) per pass
     for _ in range(cfg.ppo_epochs):
         for i, n_pass in enumerate(passes):
             opt.zero_grad(set_to_none=True)
@@ -251,27 +240,18 @@ def ppo_update(role: Role, cfg, rollouts: Rollouts, advantages: torch.Tensor, gr
                 mb = mb.to(device)
                 lp_old = None if old is None or part is None else old[part, :mb.input_ids.shape[1]].to(device)
                 loss, st = micro_step(model, cfg, mb, adv.to(device), lp_old, normaliser, scale * weight)
-                if weight:               # statistics are token-weighted means, the loss a sum, tis_max a max
-                    ntok = mb.response_mask.sum().item()
-                    n_tok += ntok
-                    loss_sum += loss.item()
-                    for key, v in st.items():
-                        if key == "tis_max":
-                            tis_max = max(tis_max, v.item())
-                        else:
-                            tok_sums[key] = tok_sums.get(key, 0.0) + v.item() * ntok
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            gnorm = full(gnorm)
+                if weight:
+                    per_pass.append((mb.response_mask.sum().item(), loss.item(), {n: v.item() for n, v in st.items()}))
+            gnorm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if torch.isfinite(gnorm):
                 opt.step()                         # a non-finite norm skips the step (algorithm.md §3.7)
             opt.zero_grad(set_to_none=True)
             gnorms.append(gnorm.item())            # the global norm: the same on every rank
-    parts = gather((tok_sums, n_tok, loss_sum, tis_max))       # the statistics of every rank, in one call
-    total = sum(p[1] for p in parts)
-    out = {key: sum(p[0].get(key, 0.0) for p in parts) / max(total, 1e-12) for key in sorted(parts[0][0])}
-    out.update(loss=sum(p[2] for p in parts), tis_max=max(p[3] for p in parts),
-               grad_norm=sum(gnorms) / max(len(gnorms), 1), steps=len(minibatches) * cfg.ppo_epochs)
-    return out
+    every = gather_flat(per_pass)     # token-weighted means over every rank's passes; the loss a sum
+    total = sum(n for n, _, _ in every)
+    out = {k: sum(n * st[k] for n, _, st in every) / max(total, 1e-12) for k in sorted(every[0][2]) if k != "tis_max"}
+    return {**out, "loss": sum(loss for _, loss, _ in every), "tis_max": max(st["tis_max"] for *_, st in every),
+            "grad_norm": sum(gnorms) / max(len(gnorms), 1), "steps": len(minibatches) * cfg.ppo_epochs}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,8 +328,7 @@ def generator_rewards(cfg, drafts: list[Draft], sol: Graded, scores: dict[int, f
     every = gather_flat([(d.doc.gid, d.reward) for d in drafts])
     if not every:
         return []
-    R = torch.tensor([r for _, r in every], dtype=torch.float64)
-    G = torch.tensor([g for g, _ in every])
+    G, R = torch.tensor([g for g, _ in every]), torch.tensor([r for _, r in every], dtype=torch.float64)
     keep = dugrpo.varying_groups(R, G)
     adv = torch.zeros_like(R)
     if keep.any():
@@ -400,10 +379,9 @@ def repeated_questions(drafts: list[Draft], seen: set[int] | None) -> set[int]:
 
 def run_iteration(cfg, it: int, generator: Role, solver: Role, batch: list[dict], dev_items: list,
                   external_questions: list[Question] | None = None, seen: set[int] | None = None) -> Iteration:
-    """One INFUSER iteration. batch: this iteration's global batch of documents ({"doc_id", "text"});
-    dev_items: the whole dev set; external_questions: this iteration's pre-generated questions
-    (question_source), replacing phase 2. Each rank takes its share of all three. seen: hashes of earlier
-    iterations' valid questions (the --dedup_questions guard). Returns this rank's records."""
+    """One INFUSER iteration over the global batch of documents ({"doc_id", "text"}), the whole dev set and
+    (question_source) pre-generated questions that replace phase 2; each rank takes its share of all three.
+    seen: hashes of earlier iterations' valid questions (--dedup_questions). Returns this rank's records."""
     rank, world = rank_world()
     docs = [Document(d["doc_id"], d["text"], j) for j, d in enumerate(batch)][rank::world]
     seconds, too_long = {}, 0

@@ -356,7 +356,7 @@ def run_phases(cfg, world: int, only: str | None = None, planner: Planner | None
         gen = worst_rollouts(n_q * g, prompt, w - prompt, v, g)
 
         def infl_phase(model, opt, gen=gen):
-            with influence._train_mode(model):
+            with influence._training(model):
                 influence.question_scalars(model, opt, m, gen, cfg.similarity_mode, cfg.temperature,
                                             cfg.tis_cap, cfg.influence_chunk, cfg.influence_tokens)
         if want(name):

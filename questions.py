@@ -17,8 +17,8 @@ from grading import LETTERS, grade
 
 @dataclass
 class Document:
-    """One document of an iteration's batch; `gid` is its index in the global batch (it seeds its drafts
-    and names its advantage group, so that any number of ranks draws the same samples)."""
+    """One document of an iteration's batch; `gid`, its index in the global batch, seeds its drafts and
+    names its advantage group."""
     doc_id: str
     text: str
     gid: int
@@ -70,10 +70,9 @@ def generator_messages(document: str, route: str = "mcq") -> list[dict]:
 
 @dataclass
 class Question:
-    """A generated (or loaded) question. `choices` None means free-form. `answer` is what the solver is
-    graded against: the key's letter in the displayed (shuffled) order for multiple choice, the ground
-    truth expression for free-form. `rejected` is None for a valid question, else the reason. `gid`, the
-    global question id (document gid x n_gen + draft index), seeds its solver rollouts and names its group."""
+    """A generated (or loaded) question; choices None: free-form. `answer`, what the solver is graded against:
+    the key's letter in the displayed (shuffled) order, or the free-form key. `rejected`: None, or why. `gid`
+    (document gid x n_gen + draft index) seeds its solver rollouts and names its group."""
     text: str
     choices: list[str] | None
     ground_truth: str
@@ -126,22 +125,17 @@ def fix_json_escapes(s: str) -> str:
     before a line break is left alone."""
     out, i = [], 0
     while i < len(s):
-        ch = s[i]
-        nxt = s[i + 1] if i + 1 < len(s) else ""
+        ch, nxt, after = s[i], s[i + 1:i + 2], s[i + 2:i + 3]
         if ch != "\\" or nxt in ("", "\n"):
             out.append(ch)
             i += 1
-        elif nxt == "\\" or nxt in '"/' or (nxt in "bfnrt" and not _ascii_letter(s[i + 2:i + 3])):
+        elif nxt in '\\"/' or (nxt in "bfnrt" and not (after.isascii() and after.isalpha())):
             out.append(s[i:i + 2])
             i += 2
         else:
             out.append("\\\\")
             i += 1
     return "".join(out)
-
-
-def _ascii_letter(c: str) -> bool:
-    return len(c) == 1 and ("a" <= c <= "z" or "A" <= c <= "Z")
 
 
 def _loads(text: str, whole: bool):
@@ -188,17 +182,15 @@ def _choices(v) -> list[str] | None:
     return None if any(x is None for x in out) else out
 
 
-def _free_form(obj: dict) -> bool:
-    return str(obj.get("benchmark_type", "") or "").strip().lower() == "qa_open" or obj.get("choices") == []
-
-
 def _schema_ok(obj: dict) -> bool:
     """The official structure check: question_text and ground_truth present, and 4-8 choices or a free-
     form marker (benchmark_type "qa_open", any case, or "choices": [])."""
     if "question_text" not in obj or "ground_truth" not in obj:
         return False
     choices = _choices(obj.get("choices"))
-    return 4 <= len(choices) <= 8 if choices else _free_form(obj)
+    if choices:
+        return 4 <= len(choices) <= 8
+    return str(obj.get("benchmark_type", "") or "").strip().lower() == "qa_open" or obj.get("choices") == []
 
 
 def _strip_think(text: str) -> str:
@@ -211,16 +203,8 @@ def _strip_think(text: str) -> str:
     return "".join(out)
 
 
-def _encodable(*texts: str) -> bool:
-    try:
-        for t in texts:
-            t.encode("utf-8")
-        return True
-    except UnicodeEncodeError:                               # a lone surrogate such as \ud800
-        return False
-
-
 _WORD = re.compile(r"[a-z0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")                  # a lone surrogate such as \ud800
 
 
 def normalise(text: str) -> str:
@@ -235,16 +219,15 @@ def question_hash(text: str) -> int:
 
 def parse_question(response: str, doc_id: str, row: int, seed: int = 0, route: str = "mcq") -> Question:
     """One generator response -> a Question (valid, or with `rejected` set). Never raises; linear time.
-
-    Official (`extract_thinking_and_json`, `parse_generated_question_response`): <think> blocks and code
-    fences removed; every balanced top-level {...} that parses as JSON (LaTeX escapes repaired first) is a
-    candidate -- only when none parses, the objects from the first 8 '{' of a text of <= 16,384 chars; the
-    last structure-valid candidate is taken, and rejected if its text or key is not a scalar. Multiple
-    choice (4-8): the key must equal a choice (or one, trimmed and case-insensitively); choices are then
-    shuffled (seeded here by run seed and question id). Free-form (qa_open or no choices) is accepted on
-    every route when math-verify parses its key. `route` picks the prompt, not the parse. Departures, so
-    that the loop never crashes or stalls: outputs over MAX_PARSE_CHARS are not scanned (no_json); >4,300-
-    digit integers make a candidate unparseable (officially: raises); a lone surrogate is bad_encoding."""
+    As the official parser (`extract_thinking_and_json`, `parse_generated_question_response`): <think> blocks
+    and code fences removed; every balanced top-level {...} that parses as JSON (LaTeX escapes repaired) is a
+    candidate -- if none, the objects from the first 8 '{' of a text of <= 16,384 chars; the last
+    structure-valid one is taken, rejected if its text or key is not a scalar. Multiple choice (4-8): the
+    key must equal a choice (or one, trimmed, any case); choices are then shuffled (seeded by run seed and
+    question id). Free-form (qa_open or no choices), on any route: when math-verify parses the key.
+    Departures, so that the loop never crashes or stalls: outputs over MAX_PARSE_CHARS are not scanned
+    (no_json); >4,300-digit integers make a candidate unparseable (officially: raises); a lone surrogate
+    is bad_encoding."""
     qid_base = f"gen_{doc_id}_{row}"
     bad = lambda why: Question("", None, "", "", doc_id, qid_base, rejected=why)
     if not isinstance(response, str) or len(response) > MAX_PARSE_CHARS:
@@ -264,7 +247,7 @@ def parse_question(response: str, doc_id: str, row: int, seed: int = 0, route: s
     if qtext is None or key is None:
         return bad("bad_schema")
     choices = _choices(obj.get("choices")) or None
-    if not _encodable(qtext, key, *(choices or [])):
+    if any(_SURROGATE.search(t) for t in (qtext, key, *(choices or []))):    # not UTF-8 encodable
         return bad("bad_encoding")
     qid = f"{qid_base}_{hashlib.md5(qtext.encode()).hexdigest()[:8]}"
     reject = lambda why: Question(qtext, choices, key, "", doc_id, qid, rejected=why)

@@ -1,8 +1,6 @@
-"""records.py -- the records that cross files: sampling settings, samples, and
-rollouts as tensors, plus the one method every engine has (Engine) and render_prompt (chat messages -> prompt ids). Only torch.
-
-Shapes: N rollouts, T tokens. Convention: logprobs[n, t] = log p(input_ids[n, t] | input_ids[n, <t]).
-"""
+"""records.py -- the records that cross files: sampling settings, samples, rollouts as tensors, the one
+method every engine has (Engine), render_prompt (chat messages -> prompt ids) and pack (micro-batches by a
+token budget). Only torch. Shapes: N rollouts, T tokens."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,10 +11,9 @@ import torch
 
 @dataclass
 class SamplingParams:
-    """Sampling settings shared by every engine. top_k=0 and top_p=1.0 disable those filters.
-    Defaults are the training sampler of algorithm.md §2.3 (T 0.7, top_p 1.0, no top_k).
-    temperature 0 means greedy (argmax); its log-probs are then those of the unscaled logits (T = 1).
-    seed None draws fresh randomness from torch's global generator."""
+    """Sampling settings shared by every engine; defaults: the training sampler (algorithm.md §2.3). top_k 0
+    and top_p 1.0 are off; temperature 0 is greedy, with the log-probs of the unscaled logits; seed None
+    draws from torch's global generator."""
     n: int = 1
     temperature: float = 0.7
     top_p: float = 1.0
@@ -26,9 +23,7 @@ class SamplingParams:
     seed: int | None = 0
 
     def __post_init__(self):
-        if isinstance(self.stop, str):                 # a lone string is one stop string, not its characters
-            self.stop = (self.stop,)
-        self.stop = tuple(self.stop)
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)   # a lone str: one stop
         checks = [(isinstance(self.n, int) and self.n >= 1, "n must be an integer >= 1"),
                   (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
                   (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
@@ -43,13 +38,10 @@ class SamplingParams:
 
 @dataclass
 class Sample:
-    """One sampled response. `logprobs[i]` is the sampler's log-prob of `response_ids[i]` under the
-    processed (temperature-scaled, top-k/top-p filtered) distribution; finish_reason is "stop" (EOS or a
-    stop string) or "length" (hit max_new_tokens).
-
-    Like vLLM: response_ids keep the EOS token when one was sampled, and when a stop string ends the
-    response they end with the token that completed it (tokens are never split), while `text` (special
-    tokens skipped) is cut just before the stop string."""
+    """One sampled response. logprobs[i]: the sampler's log-prob of response_ids[i] under the processed
+    (tempered, top-k/top-p filtered) distribution; finish_reason "stop" (EOS or a stop string) or "length".
+    As in vLLM, response_ids keep a sampled EOS and end with the token that completed a stop string, while
+    `text` (special tokens skipped) is cut just before the stop string."""
     prompt_ids: list[int]
     response_ids: list[int]
     logprobs: list[float] | None = None
@@ -59,12 +51,9 @@ class Sample:
 
 @dataclass
 class Rollouts:
-    """A batch of rollouts as tensors. Rows are prompt + response, right-padded.
-
-    input_ids [N, T] long; attention_mask [N, T] long; response_mask [N, T] float, 1 on scored response
-    tokens; group_ids [N] long (one id per prompt); rewards [N] float; sampler_logprobs [N, T] float or
-    None. Convention: logprobs[n, t] = log p(input_ids[n, t] | input_ids[n, <t]).
-    """
+    """Rollouts as tensors, rows prompt + response, right-padded: input_ids, attention_mask [N, T] long;
+    response_mask [N, T] float, 1 on scored response tokens; group_ids [N] long (one id per prompt); rewards
+    [N] float; sampler_logprobs [N, T] or None, where logprobs[n, t] = log p(input_ids[n, t] | input_ids[n, <t])."""
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
@@ -97,11 +86,10 @@ class Rollouts:
 
 def pack(widths: list[int], max_tokens: float, max_batches: int | None = None,
          max_items: int | None = None) -> list[list[int]]:
-    """Micro-batches by a token budget: items (rows, or questions) sorted by width, longest first, cut into
-    consecutive batches of <= max_tokens padded tokens (batch size x widest item; a wider item alone) and
-    <= max_items items. max_batches None: the fewest batches (greedy). Else: at most max_batches (or the
-    fewest possible, if more) with the fewest padded tokens (a dynamic programme over the cuts; max_items
-    unused). Each batch lists its items in their original order."""
+    """Items (rows, or questions) by width, longest first, cut into batches of <= max_tokens padded tokens
+    (size x widest; a wider item alone). max_batches None: the fewest batches of <= max_items (greedy).
+    Else at most max_batches (or the fewest possible) with the fewest padded tokens (a dynamic programme
+    over the cuts). Each batch lists its items in their original order."""
     n = len(widths)
     order = sorted(range(n), key=lambda i: -widths[i])
     w = [widths[i] for i in order]
@@ -163,13 +151,9 @@ def make_rollouts(samples: list[Sample], group_ids: list[int], rewards: list[flo
 
 
 def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Chat messages -> prompt token ids, through the tokenizer's chat template with
-    add_generation_prompt=True (the text is rendered, then encoded without adding special tokens: the
-    template writes them, as vLLM's chat does).
-
-    Fallback for a tokenizer without a chat template: "role: content" per message, one blank line
-    between messages, then "assistant:", encoded with the tokenizer's usual special tokens (e.g. BOS).
-    """
+    """Chat messages -> prompt token ids: the chat template's text with add_generation_prompt, encoded
+    without special tokens (the template writes them, as vLLM's chat does). Without a template: "role:
+    content" blocks, then "assistant:", encoded with the tokenizer's special tokens (e.g. BOS)."""
     if not isinstance(messages, (list, tuple)) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in messages):
