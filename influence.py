@@ -359,12 +359,14 @@ class _Blocks:
                 d = delta.reshape(qc, -1, delta.shape[-1])                       # [Qc, G*T, out]
                 # by token slices, so that the fp32 copies of delta and x stay <= TEMP_ELEMENTS
                 step = max(1, TEMP_ELEMENTS // (qc * max(d.shape[2], xin.shape[2])))
-                blocks = {"weight": torch.zeros(qc, d.shape[2], xin.shape[2], dtype=self.acc, device=d.device),
-                          "bias": torch.zeros(qc, d.shape[2], dtype=self.acc, device=d.device)}  # [Qc, out, in]
+                blocks = {"weight": torch.zeros(qc, d.shape[2], xin.shape[2], dtype=self.acc, device=d.device)}
+                if "bias" in names:                                              # [Qc, out, in], [Qc, out]
+                    blocks["bias"] = torch.zeros(qc, d.shape[2], dtype=self.acc, device=d.device)
                 for s in range(0, d.shape[1], step):
                     ds = d[:, s:s + step].to(self.acc)
                     blocks["weight"].baddbmm_(ds.transpose(1, 2), xin[:, s:s + step].to(self.acc))
-                    blocks["bias"] += ds.sum(1)
+                    if "bias" in blocks:
+                        blocks["bias"] += ds.sum(1)
             elif kind == "embedding":
                 v, h = mod.weight.shape[0], delta.shape[-1]
                 ids = x.reshape(qc, -1)                                          # [Qc, G*T]

@@ -320,6 +320,26 @@ def test_sliced_temporaries_match_per_question_loop(mode, monkeypatch):
     assert rel_err(fast, reference_scores(model, opt, dev, gen, mode=mode)) <= F32
 
 
+@pytest.mark.parametrize("temp_elements", [influence.TEMP_ELEMENTS, 300])
+def test_linear_biases_match_the_plain_loop(temp_elements, monkeypatch):
+    """Qwen2-style q/k/v biases (a Linear with a bias) get their per-question gradients on the hook path, in
+    one token slice and in many: the scores equal the plain loop's (float64), and the biases count."""
+    torch.manual_seed(0)
+    model, warm_up, dev, gen = build_case(dtype=torch.float64)
+    for layer in model.model.layers:
+        for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            lin.bias = torch.nn.Parameter(0.1 * torch.randn(lin.out_features, dtype=torch.float64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    warm_up(model, opt)
+    monkeypatch.setattr(influence, "TEMP_ELEMENTS", temp_elements)
+    plain = influence.plain_scores(model, opt, dev, gen)
+    assert rel_err(influence.influence_scores(model, opt, dev, gen, chunk_questions=3), plain) <= F64
+    for layer in model.model.layers:                # without the biases' share the scores move
+        for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            lin.bias.requires_grad_(False)
+    assert rel_err(influence.plain_scores(model, opt, dev, gen), plain) > 1e-6
+
+
 # ---------------------------------------------------------------- any per-example loss (forks) -------
 
 def _sft_examples(n, seed, vocab=512, t=12, plen=4):
