@@ -125,11 +125,11 @@ def fix_json_escapes(s: str) -> str:
     before a line break is left alone."""
     out, i = [], 0
     while i < len(s):
-        ch, nxt, after = s[i], s[i + 1:i + 2], s[i + 2:i + 3]
+        ch, nxt = s[i], s[i + 1:i + 2]
         if ch != "\\" or nxt in ("", "\n"):
             out.append(ch)
             i += 1
-        elif nxt in '\\"/' or (nxt in "bfnrt" and not (after.isascii() and after.isalpha())):
+        elif nxt in '\\"/' or (nxt in "bfnrt" and not _ASCII_LETTER.match(s, i + 2)):
             out.append(s[i:i + 2])
             i += 2
         else:
@@ -204,6 +204,7 @@ def _strip_think(text: str) -> str:
 
 
 _WORD = re.compile(r"[a-z0-9]+")
+_ASCII_LETTER = re.compile("[A-Za-z]")                      # fix_json_escapes: \n then a letter is LaTeX
 _SURROGATE = re.compile("[\ud800-\udfff]")                  # a lone surrogate such as \ud800
 
 
