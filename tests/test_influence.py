@@ -326,17 +326,16 @@ def test_linear_biases_match_the_plain_loop(temp_elements, monkeypatch):
     one token slice and in many: the scores equal the plain loop's (float64), and the biases count."""
     torch.manual_seed(0)
     model, warm_up, dev, gen = build_case(dtype=torch.float64)
-    for layer in model.model.layers:
-        for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-            lin.bias = torch.nn.Parameter(0.1 * torch.randn(lin.out_features, dtype=torch.float64))
+    biased = [getattr(layer.self_attn, f"{x}_proj") for layer in model.model.layers for x in "qkv"]
+    for lin in biased:
+        lin.bias = torch.nn.Parameter(0.1 * torch.randn(lin.out_features, dtype=torch.float64))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     warm_up(model, opt)
     monkeypatch.setattr(influence, "TEMP_ELEMENTS", temp_elements)
     plain = influence.plain_scores(model, opt, dev, gen)
     assert rel_err(influence.influence_scores(model, opt, dev, gen, chunk_questions=3), plain) <= F64
-    for layer in model.model.layers:                # without the biases' share the scores move
-        for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-            lin.bias.requires_grad_(False)
+    for lin in biased:                              # without the biases' share the scores move
+        lin.bias.requires_grad_(False)
     assert rel_err(influence.plain_scores(model, opt, dev, gen), plain) > 1e-6
 
 
